@@ -1,0 +1,113 @@
+"""`howto-prep`: argparse subcommands only; each handler lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+from howto_prep import schema
+from howto_prep.cli_support import main_for
+
+
+def parse_size(text: str) -> int:
+    """'1GB', '500MB', '64KiB' or a plain byte count -> bytes."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    value = text.strip().upper()
+    number = value.rstrip("KMGTIB")
+    unit = value[len(number):]
+    try:
+        if unit not in units:
+            raise ValueError
+        size = int(float(number) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 1GB, 500MB)") from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return size
+
+
+def parse_features(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in schema.ALL_FEATURE_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown feature(s) {','.join(unknown) or text!r}; choose from {','.join(schema.ALL_FEATURE_NAMES)}"
+        )
+    return names
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="howto-prep", description="HowTo100M data preparation.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    synth = sub.add_parser("synth", help="write a small synthetic corpus in HowTo100M's formats")
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--videos", type=positive_int, default=24, help="number of pretraining videos")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(handler="howto_prep.synthetic:run_synth")
+
+    mirror = sub.add_parser("mirror", help="serve a video folder like the authors' mirror on 127.0.0.1")
+    mirror.add_argument("--root", type=Path, required=True, help="folder of <id>.<ext> files (searched recursively)")
+    mirror.add_argument("--port", type=positive_int, default=0, help="0 picks a free port")
+    mirror.add_argument("--credentials", type=Path, help="file with one line username:password")
+    mirror.add_argument("--fault", action="append", default=[], metavar="ID=KIND",
+                        help="inject a fault for one id: not_found, auth, transient, truncated, stall")
+    mirror.set_defaults(handler="howto_prep.mirror:run_mirror")
+
+    download = sub.add_parser("download", help="fetch videos from the mirror or YouTube, resumably")
+    source = download.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", type=Path, help="HowTo100M_v1.csv")
+    source.add_argument("--ids", type=Path, help="file with one video id (or URL) per line")
+    download.add_argument("--out", type=Path, required=True)
+    download.add_argument("--source", choices=["mirror", "youtube", "auto"], default="auto")
+    download.add_argument("--mirror-url", help="base URL of the authors' mirror")
+    download.add_argument("--credentials", type=Path, help="file with one line username:password")
+    download.add_argument("--cookies", type=Path, help="cookies.txt passed to yt-dlp")
+    download.add_argument("--workers", type=positive_int, default=4)
+    download.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    download.add_argument("--retry-failed", action="store_true")
+    download.add_argument("--limit", type=positive_int)
+    download.set_defaults(handler="howto_prep.download:run_download")
+
+    extract = sub.add_parser("extract", help="decode once and write 2D/3D/audio/text features to shards")
+    extract.add_argument("--videos", type=Path, required=True)
+    extract.add_argument("--captions", type=Path, required=True, help="caption.json")
+    extract.add_argument("--word2vec", type=Path, required=True, help="word2vec .bin (GoogleNews format)")
+    extract.add_argument("--out", type=Path, required=True)
+    extract.add_argument("--csv", type=Path, help="HowTo100M_v1.csv for the category columns in meta.json")
+    extract.add_argument("--gpus", type=positive_int, default=0)
+    extract.add_argument("--workers", type=positive_int, default=0, help="CPU decode tasks in flight (0: auto)")
+    extract.add_argument("--features", type=parse_features, default=list(schema.ALL_FEATURE_NAMES))
+    extract.add_argument("--weights-2d", default="imagenet", help="imagenet | PATH | random")
+    extract.add_argument("--weights-3d", default="random", help="PATH to resnext101.pth | random")
+    extract.add_argument("--shard-size", type=parse_size, default=schema.DEFAULT_SHARD_BYTES)
+    extract.add_argument("--prefix", default=schema.DEFAULT_PREFIX)
+    extract.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    extract.add_argument("--retry-failed", action="store_true")
+    extract.add_argument("--limit", type=positive_int)
+    extract.set_defaults(handler="howto_prep.extract:run_extract")
+
+    status = sub.add_parser("status", help="counts by status and failure kind for videos/ or shards/")
+    status.add_argument("path", type=Path)
+    status.set_defaults(handler="howto_prep.status:run_status")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_for("howto-prep", build_parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""Shared CLI plumbing: lazy subcommand dispatch and one-line error reporting."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, Sequence
+
+from howto_prep.errors import UserError
+
+
+def run_handler(prog: str, args: argparse.Namespace) -> int:
+    """Import `args.handler` ("module:function") only when needed and run it.
+
+    Heavy imports (torch, ray) happen inside the handler, so `--help` stays fast.
+    """
+    module_name, func_name = args.handler.split(":")
+    try:
+        handler: Callable[[argparse.Namespace], int | None] = getattr(
+            importlib.import_module(module_name), func_name
+        )
+        return int(handler(args) or 0)
+    except UserError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def main_for(prog: str, build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    return run_handler(prog, args)

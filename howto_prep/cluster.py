@@ -1,0 +1,52 @@
+"""Ray orchestration shared by download and extract: init, and a bounded in-flight map."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, Iterator
+
+
+def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Join `address` (a cluster) or start a quiet local Ray; idempotent."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False,
+                              "log_to_driver": True, "logging_level": "ERROR"}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+
+
+def bounded_map(submit: Callable[[Any], Any], items: Iterable[Any], max_in_flight: int) -> Iterator[tuple[Any, Any]]:
+    """Submit `submit(item)` (which returns an ObjectRef) with at most `max_in_flight` pending.
+
+    Yields (item, result) as results complete, in completion order; a task's exception is yielded
+    as the result (never raised), so one bad item cannot stop the batch.
+    """
+    import ray
+
+    pending: dict[Any, Any] = {}
+    iterator = iter(items)
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < max(1, max_in_flight):
+            try:
+                item = next(iterator)
+            except StopIteration:
+                exhausted = True
+                break
+            pending[submit(item)] = item
+        if not pending:
+            return
+        done, _ = ray.wait(list(pending), num_returns=1)
+        ref = done[0]
+        item = pending.pop(ref)
+        try:
+            result = ray.get(ref)
+        except Exception as err:  # a task's failure belongs to its item, not to the run
+            result = err
+        yield item, result

@@ -1,0 +1,25 @@
+"""`howto-prep status`: one summary for a download folder or a shard set."""
+
+from __future__ import annotations
+
+import argparse
+
+from howto_prep import schema
+from howto_prep.errors import UserError
+
+
+def run_status(args: argparse.Namespace) -> int:
+    path = args.path
+    if not path.is_dir():
+        raise UserError(f"{path} is not a folder")
+    if (path / schema.MANIFEST_FILE).exists():
+        from howto_prep.manifest import summary_table
+
+        print(summary_table(path))
+        return 0
+    if (path / schema.INDEX_FILE).exists() or any(path.glob("*.tar")) or (path / schema.FAILURES_FILE).exists():
+        from howto_prep.shards import summary_table as shard_summary
+
+        print(shard_summary(path))
+        return 0
+    raise UserError(f"{path} holds neither {schema.MANIFEST_FILE} nor shards")
