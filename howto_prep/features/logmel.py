@@ -1,0 +1,89 @@
+"""Audio features: the AVLnet log-mel spectrogram used by Everything-at-Once and MCN.
+
+Recipe (REFERENCE.md section 3): 16 kHz mono; DC mean removed; pre-emphasis 0.97; STFT with
+n_fft = win = 400 and hop 160 (100 frames/s), periodic Hamming window, centered with reflect padding
+(librosa's default, so F = 1 + len // 160); power spectrum; 40 Slaney mel bins (Slaney norm) from
+20 Hz to 8 kHz; power_to_db with ref = max over the clip, amin 1e-10, top_db 80: values in [-80, 0].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from howto_prep import schema
+from howto_prep.errors import UserError
+
+N_FFT = 400
+HOP = 160
+N_MELS = schema.LOGMEL.dim
+F_MIN = 20.0
+F_MAX = 8000.0
+PRE_EMPHASIS = 0.97
+AMIN = 1e-10
+TOP_DB = 80.0
+FRAMES_PER_BLOCK = 6000  # 60 s of frames per STFT call: bounded memory for 2,000 s videos
+
+
+def logmel(audio: np.ndarray, sample_rate: int = schema.AUDIO_SAMPLE_RATE) -> np.ndarray:
+    """Mono 16 kHz float audio -> float16 (40, 1 + len // 160) log-mel in dB, 0 dB = loudest bin.
+
+    *Quirk* (kept from AVLnet, REFERENCE.md section 3): each clip is referenced to its own maximum,
+    so 0 dB means "the loudest bin of this clip" and -80 dB is the floor; a consumer that pads with
+    zeros therefore pads with "loudest", not with silence.
+    """
+    return logmel_float32(audio, sample_rate).astype(np.float16)
+
+
+def logmel_float32(audio: np.ndarray, sample_rate: int = schema.AUDIO_SAMPLE_RATE) -> np.ndarray:
+    """Same as `logmel` before the float16 cast (tests compare at this precision)."""
+    import torch
+
+    signal = check_audio(audio, sample_rate)
+    emphasised = pre_emphasis(signal - np.float32(signal.mean(dtype=np.float64)))
+    padded = np.pad(emphasised, N_FFT // 2, mode="reflect")
+    frames = 1 + len(signal) // HOP
+    window = torch.hamming_window(N_FFT, periodic=True, dtype=torch.float64)
+    filterbank = mel_filterbank(sample_rate)
+    mel = np.empty((N_MELS, frames), dtype=np.float64)
+    for first in range(0, frames, FRAMES_PER_BLOCK):
+        last = min(frames, first + FRAMES_PER_BLOCK)
+        block = torch.from_numpy(padded[first * HOP:(last - 1) * HOP + N_FFT].astype(np.float64))
+        spectrum = torch.stft(block, N_FFT, hop_length=HOP, win_length=N_FFT, window=window, center=False,
+                              return_complex=True)
+        power = spectrum.real.square() + spectrum.imag.square()
+        mel[:, first:last] = (filterbank.T @ power).numpy()
+    return power_to_db(mel).astype(np.float32)
+
+
+def check_audio(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    signal = np.asarray(audio)
+    if sample_rate != schema.AUDIO_SAMPLE_RATE:
+        raise UserError(f"log-mel expects {schema.AUDIO_SAMPLE_RATE} Hz audio, got {sample_rate} Hz")
+    if signal.ndim != 1:
+        raise UserError(f"log-mel expects mono audio of shape (samples,), got shape {signal.shape}")
+    if signal.size == 0:
+        raise UserError("the audio track is empty, so no log-mel can be computed")
+    return signal.astype(np.float32, copy=False)
+
+
+def pre_emphasis(signal: np.ndarray) -> np.ndarray:
+    """y[t] = x[t] - 0.97 x[t-1], y[0] = x[0]."""
+    emphasised = np.empty_like(signal, dtype=np.float32)
+    emphasised[0] = signal[0]
+    emphasised[1:] = signal[1:] - PRE_EMPHASIS * signal[:-1]
+    return emphasised
+
+
+def mel_filterbank(sample_rate: int):
+    """(201, 40) float64 Slaney-scale, Slaney-normalised triangles (librosa's defaults)."""
+    import torchaudio.functional as AF
+
+    return AF.melscale_fbanks(N_FFT // 2 + 1, F_MIN, F_MAX, N_MELS, sample_rate, norm="slaney",
+                              mel_scale="slaney").double()
+
+
+def power_to_db(power: np.ndarray) -> np.ndarray:
+    """10 log10(power / max), floored at amin and at max - top_db (librosa's power_to_db)."""
+    db = 10.0 * np.log10(np.maximum(AMIN, power))
+    db -= 10.0 * np.log10(max(AMIN, float(power.max())))
+    return np.maximum(db, db.max() - TOP_DB)

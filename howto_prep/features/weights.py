@@ -1,0 +1,136 @@
+"""Weights plumbing shared by the visual feature models.
+
+A weights spec is "random", a file PATH, or a named pretrained set (e.g. "imagenet"). This module
+turns a spec into a state dict, fingerprints the file (the sha256 goes into every shard's meta.json
+so features made with different weights can never be mixed up silently), and shouts when the
+weights are random, because such features are only good for testing the pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from howto_prep.errors import UserError
+
+RANDOM = "random"
+RANDOM_SEED = 0
+_LOG = logging.getLogger(__name__)
+
+
+class RandomWeightsWarning(UserWarning):
+    """Features computed with random weights are meaningless for retrieval."""
+
+
+def is_random(spec: str) -> bool:
+    return str(spec).strip().lower() == RANDOM
+
+
+def sha256_file(path: Path, block_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in blocks so multi-GB checkpoints do not fill memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(block_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def warn_random_weights(model_name: str) -> None:
+    """Loud warning (warnings + logging): random weights are fine for tests, useless for training."""
+    message = (f"{model_name}: using RANDOM weights; the features are meaningless for retrieval "
+               "(use them only to test the pipeline)")
+    warnings.warn(message, RandomWeightsWarning, stacklevel=3)
+    _LOG.warning(message)
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int = RANDOM_SEED) -> Iterator[None]:
+    """Build a model under a fixed seed without disturbing the caller's global RNG state."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def existing_weights_file(spec: str, option: str) -> Path:
+    """The file a PATH spec names, or a UserError that says which option to fix."""
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise UserError(f"{option}: weights file {path} does not exist (pass a PATH to a .pth file or 'random')")
+    return path
+
+
+def load_state_dict_file(path: Path, option: str) -> dict[str, Any]:
+    """Read a .pth checkpoint: a plain state dict or {"state_dict": ...}; "module." prefixes stripped."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many unrelated types for a bad file
+        raise UserError(f"{option}: cannot read weights file {path} ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else 'unreadable'})") from err
+    return strip_module_prefix(unwrap_state_dict(checkpoint, path, option))
+
+
+def unwrap_state_dict(checkpoint: Any, path: Path, option: str) -> Mapping[str, Any]:
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
+        checkpoint = checkpoint["state_dict"]
+    if not isinstance(checkpoint, Mapping) or not checkpoint:
+        raise UserError(f"{option}: {path} holds no state dict")
+    return checkpoint
+
+
+def strip_module_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
+    """DataParallel saves keys as "module.conv1.weight"; the bare model wants "conv1.weight"."""
+    return {key[len("module."):] if key.startswith("module.") else key: value for key, value in state.items()}
+
+
+def load_strict(model: Any, state: Mapping[str, Any], path: Path, option: str,
+                ignore_prefixes: tuple[str, ...] = ()) -> None:
+    """Load `state` into `model` with every key and shape matching, except `ignore_prefixes`.
+
+    A mismatch is a UserError that names the first bad key, so a wrong checkpoint is obvious.
+    """
+    state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
+    expected = model.state_dict()
+    for key, value in state.items():
+        if key not in expected:
+            raise UserError(f"{option}: {path} does not fit the model: unexpected key {key!r}")
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise UserError(f"{option}: {path} does not fit the model: key {key!r} has shape "
+                            f"{tuple(value.shape)}, expected {tuple(expected[key].shape)}")
+    for key in expected:
+        if key not in state and not key.startswith(ignore_prefixes):
+            raise UserError(f"{option}: {path} does not fit the model: missing key {key!r}")
+    model.load_state_dict(state, strict=False)
+
+
+# --- Inference helpers shared by the two visual models -------------------------------------------
+
+def resolve_half(half: bool | None, device: str) -> bool:
+    """Default: reduced precision on CUDA (fp16 autocast), full float32 on CPU."""
+    return str(device).startswith("cuda") if half is None else bool(half)
+
+
+def autocast_for(device: str, half: bool) -> contextlib.AbstractContextManager:
+    """fp16 autocast on CUDA, bf16 on CPU (only when asked), or nothing."""
+    import torch
+
+    if not half:
+        return contextlib.nullcontext()
+    device_type = "cuda" if str(device).startswith("cuda") else "cpu"
+    dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def l2_normalised_float16(features: Any) -> Any:
+    """Rows scaled to unit length in float32, then cast to float16 (the shard dtype)."""
+    import torch
+
+    rows = torch.nn.functional.normalize(features.float(), dim=1)
+    return rows.to(torch.float16).cpu().numpy()
