@@ -246,3 +246,24 @@ def test_bf16_autocast_forward_on_cpu() -> None:
 def test_bad_model_config_is_a_user_error(override: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         build_model({**TINY, **override})
+
+
+def test_malformed_batch_is_a_user_error() -> None:
+    model = tiny_model()
+    batch = make_batch(2, 16, {"video": [6, 1], "text": [3, 5], "audio": [256, 70]})
+    with pytest.raises(UserError, match="audio_mask has shape"):
+        model({**batch, "audio_mask": batch["audio_mask"][:, :100]})
+    with pytest.raises(UserError, match="lacks 'text'"):
+        model({key: value for key, value in batch.items() if key != "text"})
+
+
+def test_float16_features_are_accepted() -> None:
+    model = tiny_model().eval()
+    batch = make_batch(2, 16, {"video": [6, 1], "text": [3, 5], "audio": [256, 70]})
+    half = {key: value.half() if torch.is_tensor(value) and value.is_floating_point() else value
+            for key, value in batch.items()}
+    with torch.no_grad():
+        expected = model({key: value.float() if torch.is_tensor(value) and value.is_floating_point() else value
+                          for key, value in half.items()})
+        got = model(half)
+    assert all(torch.equal(expected[key], got[key]) for key in EMBEDDINGS)

@@ -77,6 +77,19 @@ class EAOConfig:
         return config
 
 
+def check_batch(batch: dict) -> None:
+    """Fail with one clear sentence when a batch does not follow the agreed layout (see mft_train.data)."""
+    for modality in MODALITIES:
+        if modality not in batch or f"{modality}_mask" not in batch:
+            raise UserError(f"the batch lacks {modality!r} or {modality + '_mask'!r}; every modality must be present")
+        features, mask = batch[modality], batch[f"{modality}_mask"]
+        length = features.shape[-1] if modality == "audio" else features.shape[1]
+        if mask.shape != (features.shape[0], length):
+            raise UserError(f"{modality}_mask has shape {tuple(mask.shape)} but {modality} has {tuple(features.shape)}")
+        if length == 0:
+            raise UserError(f"the {modality} input has no token slots; pad it to at least one")
+
+
 class EverythingAtOnce(nn.Module):
     """Everything-at-Once fusion model; forward(batch) -> embeddings t, v, a, tv, ta, va and *_empty flags."""
 
@@ -96,16 +109,16 @@ class EverythingAtOnce(nn.Module):
 
     def tokens(self, batch: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per modality: (tokens (B, L, width), mask (B, L), empty (B,)) after projection and masking token."""
-        audio_tokens, audio_mask = self._audio_features(batch["audio"], batch["audio_mask"].bool())
+        check_batch(batch)
+        dtype = self.masking_token.dtype  # float16 features straight from the shards are accepted too
+        audio_tokens, audio_mask = self._audio_features(batch["audio"].to(dtype), batch["audio_mask"].bool())
         raw = {
-            "text": (batch["text"], batch["text_mask"].bool()),
-            "video": (batch["video"], batch["video_mask"].bool()),
+            "text": (batch["text"].to(dtype), batch["text_mask"].bool()),
+            "video": (batch["video"].to(dtype), batch["video_mask"].bool()),
             "audio": (audio_tokens, audio_mask),
         }
         out = {}
         for modality, (features, mask) in raw.items():
-            if features.shape[1] == 0:
-                raise UserError(f"the {modality} input has no token slots; pad it to at least one")
             projected = self.token_norm[modality](self.token_proj[modality](features))
             out[modality] = self._fill_empty(projected, mask)
         return out
