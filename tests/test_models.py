@@ -253,6 +253,8 @@ def test_malformed_batch_is_a_user_error() -> None:
     batch = make_batch(2, 16, {"video": [6, 1], "text": [3, 5], "audio": [256, 70]})
     with pytest.raises(UserError, match="audio_mask has shape"):
         model({**batch, "audio_mask": batch["audio_mask"][:, :100]})
+    with pytest.raises(UserError, match="video features have size 8 but the model expects 16"):
+        model({**batch, "video": batch["video"][..., :8]})
     with pytest.raises(UserError, match="lacks 'text'"):
         model({key: value for key, value in batch.items() if key != "text"})
 

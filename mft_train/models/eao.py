@@ -77,8 +77,9 @@ class EAOConfig:
         return config
 
 
-def check_batch(batch: dict) -> None:
+def check_batch(batch: dict, config: EAOConfig) -> None:
     """Fail with one clear sentence when a batch does not follow the agreed layout (see mft_train.data)."""
+    feature_dims = {"text": config.text_dim, "video": config.video_dim, "audio": config.audio_mels}
     for modality in MODALITIES:
         if modality not in batch or f"{modality}_mask" not in batch:
             raise UserError(f"the batch lacks {modality!r} or {modality + '_mask'!r}; every modality must be present")
@@ -88,6 +89,9 @@ def check_batch(batch: dict) -> None:
             raise UserError(f"{modality}_mask has shape {tuple(mask.shape)} but {modality} has {tuple(features.shape)}")
         if length == 0:
             raise UserError(f"the {modality} input has no token slots; pad it to at least one")
+        dim = features.shape[1] if modality == "audio" else features.shape[-1]
+        if dim != feature_dims[modality]:
+            raise UserError(f"{modality} features have size {dim} but the model expects {feature_dims[modality]}")
 
 
 class EverythingAtOnce(nn.Module):
@@ -109,7 +113,7 @@ class EverythingAtOnce(nn.Module):
 
     def tokens(self, batch: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per modality: (tokens (B, L, width), mask (B, L), empty (B,)) after projection and masking token."""
-        check_batch(batch)
+        check_batch(batch, self.config)
         dtype = self.masking_token.dtype  # float16 features straight from the shards are accepted too
         audio_tokens, audio_mask = self._audio_features(batch["audio"].to(dtype), batch["audio_mask"].bool())
         raw = {
