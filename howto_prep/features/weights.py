@@ -13,7 +13,7 @@ import hashlib
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 from howto_prep.errors import UserError
 
@@ -78,6 +78,7 @@ def load_state_dict_file(path: Path, option: str) -> dict[str, Any]:
 
 
 def unwrap_state_dict(checkpoint: Any, path: Path, option: str) -> Mapping[str, Any]:
+    """{"state_dict": {...}, "epoch": ..., ...} (a training checkpoint) -> the state dict itself."""
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, Mapping) or not checkpoint:
@@ -94,7 +95,9 @@ def load_strict(model: Any, state: Mapping[str, Any], path: Path, option: str,
                 ignore_prefixes: tuple[str, ...] = ()) -> None:
     """Load `state` into `model` with every key and shape matching, except `ignore_prefixes`.
 
-    A mismatch is a UserError that names the first bad key, so a wrong checkpoint is obvious.
+    A mismatch is a UserError that names the first bad key, so a wrong checkpoint is obvious. The
+    model may live on the meta device (built without the costly random init): the loaded tensors
+    are then assigned in place, cast to the model's dtypes.
     """
     state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
     expected = model.state_dict()
@@ -107,7 +110,30 @@ def load_strict(model: Any, state: Mapping[str, Any], path: Path, option: str,
     for key in expected:
         if key not in state and not key.startswith(ignore_prefixes):
             raise UserError(f"{option}: {path} does not fit the model: missing key {key!r}")
-    model.load_state_dict(state, strict=False)
+    state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+
+
+class NamedState(NamedTuple):
+    """A state dict and where it came from (for error messages)."""
+
+    source: str
+    state: Mapping[str, Any]
+
+
+def build_with_weights(build: Callable[[], Any], named_state: NamedState | None, option: str,
+                       ignore_prefixes: tuple[str, ...] = ()) -> Any:
+    """Random init under a fixed seed, or a model built on the meta device (skipping the init that
+    the checkpoint overwrites anyway) and filled strictly from the state dict."""
+    import torch
+
+    if named_state is None:
+        with seeded_init():
+            return build()
+    with torch.device("meta"):
+        model = build()
+    load_strict(model, named_state.state, Path(named_state.source), option, ignore_prefixes)
+    return model
 
 
 # --- Inference helpers shared by the two visual models -------------------------------------------
