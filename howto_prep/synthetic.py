@@ -1,0 +1,256 @@
+"""`howto-prep synth`: a small synthetic corpus in HowTo100M's own formats.
+
+It is the default data of the demo, the tests and the benchmarks: real H.264 + AAC mp4 files
+whose frames, sounds and ASR-like captions go together (see `synth_content`), so retrieval can be
+learned, and metadata files shaped exactly like the real ones, so the real loaders are used.
+
+Layout of `--out DIR`:
+    HowTo100M_v1.csv      video_id,category_1,category_2,rank,task_id
+    task_ids.csv          task_id<TAB>task name, no header
+    caption.json          {id: {"start": [...], "end": [...], "text": [...]}}, seconds, sorted by start
+    ids.txt               one video id per line
+    videos/<id>.mp4       pretraining videos
+    word2vec.bin          GoogleNews-format binary word2vec (300-d); a few caption words are left out
+    synth_truth.json      ground truth: per video format, task and step timeline (for checks, not models)
+    heldout/              separate videos (separate ids, same generator) for fine-tuning and evaluation
+      videos/<id>.mp4, caption.json, ids.txt
+      youcookii_annotations_trainval.json   YouCook2 format; keys are held-out video ids
+      videodatainfo.json                    MSR-VTT format; "videoN" is its own file msrvtt/videoN.mp4,
+                                            cut from the held-out video named in its "url" between
+                                            "start time" and "end time"
+      msrvtt_test_1kA.txt                   the test clip ids ("videoN"), one per line
+      msrvtt/videoN.mp4
+    README.txt            this list
+
+Same seed, same corpus: metadata files are byte-identical and decoded frames identical (mp4 bytes
+may differ in muxer details).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from howto_prep.errors import UserError
+from howto_prep.synth_benchmarks import MsrvttClip, msrvtt_clips, msrvtt_info, youcook2_database
+from howto_prep.synth_content import STEPS, TASKS, VideoPlan, make_ids, make_plans, narrate
+from howto_prep.synth_media import write_video
+from howto_prep.synth_word2vec import write_word2vec
+
+README_MARK = "howto-mft synthetic HowTo100M corpus"
+DEFAULT_VIDEOS = 24
+DEFAULT_HELDOUT = 8
+HELDOUT_MAX_SECONDS = 90.0  # held-out videos stay short so the default corpus generates fast
+
+
+@dataclass
+class CorpusInfo:
+    """Paths of a generated corpus and the ids it holds."""
+
+    root: Path
+    csv: Path
+    task_ids: Path
+    captions: Path
+    ids: Path
+    videos_dir: Path
+    word2vec: Path
+    heldout_dir: Path
+    youcook2_json: Path
+    msrvtt_json: Path
+    msrvtt_test_list: Path
+    video_ids: list[str]
+    heldout_ids: list[str] = field(default_factory=list)
+    heldout_videos_dir: Path | None = None
+    heldout_captions: Path | None = None
+    msrvtt_dir: Path | None = None
+    msrvtt_ids: list[str] = field(default_factory=list)
+    truth: Path | None = None
+    no_audio_ids: list[str] = field(default_factory=list)  # main and held-out videos without audio
+    fps: dict[str, float] = field(default_factory=dict)  # frame rate per main and held-out video id
+    seconds: float = 0.0  # time it took to generate
+
+    def video_path(self, video_id: str) -> Path:
+        return self.videos_dir / f"{video_id}.mp4"
+
+
+def _write_atomic(path: Path, data: str | bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _json(data: object) -> str:
+    return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+
+
+def _prepare_out(out: Path) -> None:
+    """Refuse a file, or a non-empty folder that is not an earlier synthetic corpus."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is an existing file; give a folder (new, empty, or an earlier synth corpus)")
+    if out.is_dir() and any(out.iterdir()):
+        readme = out / "README.txt"
+        if not (readme.is_file() and readme.read_text(errors="replace").startswith(README_MARK)):
+            raise UserError(f"--out {out} is a non-empty folder that is not a synthetic corpus; give a new or empty folder")
+    try:
+        for sub in ("videos", "heldout/videos", "heldout/msrvtt"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create --out {out}: {err.strerror}") from None
+
+
+def _render(job: tuple[VideoPlan, str, float, float | None]) -> str:
+    plan, path, start, end = job
+    write_video(plan, Path(path), start, end)
+    return path
+
+
+def _render_all(jobs: list[tuple[VideoPlan, str, float, float | None]], workers: int) -> None:
+    """Encode every video, longest first, in `workers` processes (spawned: safe beside threads)."""
+    jobs = sorted(jobs, key=lambda job: -((job[3] or job[0].duration) - job[2]) * job[0].width * job[0].height)
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            _render(job)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        for _ in pool.map(_render, jobs):
+            pass
+
+
+def _csv_text(plans: list[VideoPlan]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["video_id", "category_1", "category_2", "rank", "task_id"])
+    for plan in plans:
+        task = TASKS[plan.task]
+        writer.writerow([plan.video_id, task.category_1, task.category_2, plan.rank, task.task_id])
+    return buffer.getvalue()
+
+
+def _truth(plans: list[VideoPlan], heldout: list[VideoPlan], clips: list[MsrvttClip]) -> dict:
+    def video(plan: VideoPlan) -> dict:
+        data = asdict(plan)
+        data["task_name"] = TASKS[plan.task].name
+        data["segments"] = [{**asdict(s), "step_name": STEPS[s.step].name, "words": list(STEPS[s.step].words)}
+                            for s in plan.segments]
+        return data
+
+    return {
+        "videos": [video(plan) for plan in plans],
+        "heldout": [video(plan) for plan in heldout],
+        "msrvtt": [{"video_id": c.video_id, "source": c.source.video_id, "start": c.start, "end": c.end,
+                    "steps": list(c.steps), "split": c.split} for c in clips],
+        "steps": [{"index": s.index, "task": s.task, "name": s.name, "words": list(s.words), "shape": s.shape,
+                   "colour": s.colour, "motion": s.motion, "sound": s.sound, "frequency": s.frequency}
+                  for s in STEPS],
+    }
+
+
+def _readme(videos: int, heldout: int, clips: int, seed: int) -> str:
+    return f"""{README_MARK} (seed {seed}), written by `howto-prep synth`.
+
+HowTo100M_v1.csv     video_id,category_1,category_2,rank,task_id ({videos} videos)
+task_ids.csv         task_id<TAB>task name, no header ({len(TASKS)} tasks)
+caption.json         ASR-like captions {{id: {{"start", "end", "text"}}}}, seconds, sorted by start
+ids.txt              one video id per line
+videos/<id>.mp4      H.264 + AAC (some without audio), 240p-360p, 24/25/29.97/30 fps
+word2vec.bin         word2vec, GoogleNews binary format, 300-d; some caption words are out of vocabulary
+synth_truth.json     generator ground truth (formats, step timelines); not for training
+heldout/videos/      {heldout} held-out videos; heldout/caption.json, heldout/ids.txt
+heldout/youcookii_annotations_trainval.json   YouCook2-format segments of the held-out videos
+heldout/videodatainfo.json                    MSR-VTT-format clips ({clips}), 20 sentences each
+heldout/msrvtt/videoN.mp4                     one file per MSR-VTT clip
+heldout/msrvtt_test_1kA.txt                   test clip ids
+
+Each task has 4 steps; each step has its own shape+colour+motion, sound (tone, chord, noise band or
+pulsed tone at its own frequency) and 3 narration words. See synth_truth.json for the mapping.
+"""
+
+
+def generate_corpus(
+    out: Path,
+    videos: int = DEFAULT_VIDEOS,
+    seed: int = 0,
+    heldout_videos: int = DEFAULT_HELDOUT,
+    min_seconds: float = 10,
+    max_seconds: float = 180,
+    workers: int | None = None,
+) -> CorpusInfo:
+    """Write the corpus under `out` and return its paths; deterministic for `seed`."""
+    started = time.perf_counter()
+    out = Path(out)
+    if videos < 1:
+        raise UserError("--videos must be at least 1")
+    if heldout_videos < 0:
+        raise UserError("heldout_videos must be >= 0")
+    if not 2 <= min_seconds <= max_seconds:
+        raise UserError(f"durations must satisfy 2 <= min_seconds <= max_seconds (got {min_seconds}, {max_seconds})")
+    _prepare_out(out)
+    heldout_dir = out / "heldout"
+
+    rng = np.random.default_rng([seed, 0])
+    ids = make_ids(rng, videos + heldout_videos)
+    plans = make_plans(np.random.default_rng([seed, 1]), ids[:videos], min_seconds, max_seconds)
+    heldout_max = min(max_seconds, max(min_seconds, HELDOUT_MAX_SECONDS))
+    heldout = make_plans(np.random.default_rng([seed, 3]), ids[videos:], min_seconds, heldout_max, first_index=1)
+    clips = msrvtt_clips(heldout, np.random.default_rng([seed, 4]))
+
+    jobs = [(plan, str(out / "videos" / f"{plan.video_id}.mp4"), 0.0, None) for plan in plans]
+    jobs += [(plan, str(heldout_dir / "videos" / f"{plan.video_id}.mp4"), 0.0, None) for plan in heldout]
+    jobs += [(c.source, str(heldout_dir / "msrvtt" / f"{c.video_id}.mp4"), c.start, c.end) for c in clips]
+    _render_all(jobs, workers if workers is not None else min(2, os.cpu_count() or 1))
+
+    caption_rng = np.random.default_rng([seed, 5])
+    captions = {plan.video_id: narrate(plan, caption_rng) for plan in plans}
+    heldout_captions = {plan.video_id: narrate(plan, caption_rng) for plan in heldout}
+    info = CorpusInfo(
+        root=out, csv=out / "HowTo100M_v1.csv", task_ids=out / "task_ids.csv", captions=out / "caption.json",
+        ids=out / "ids.txt", videos_dir=out / "videos", word2vec=out / "word2vec.bin", heldout_dir=heldout_dir,
+        youcook2_json=heldout_dir / "youcookii_annotations_trainval.json",
+        msrvtt_json=heldout_dir / "videodatainfo.json", msrvtt_test_list=heldout_dir / "msrvtt_test_1kA.txt",
+        video_ids=[plan.video_id for plan in plans], heldout_ids=[plan.video_id for plan in heldout],
+        heldout_videos_dir=heldout_dir / "videos", heldout_captions=heldout_dir / "caption.json",
+        msrvtt_dir=heldout_dir / "msrvtt", msrvtt_ids=[clip.video_id for clip in clips],
+        truth=out / "synth_truth.json",
+        no_audio_ids=[plan.video_id for plan in plans + heldout if plan.sample_rate is None],
+        fps={plan.video_id: plan.fps for plan in plans + heldout},
+    )
+    write_word2vec(info.word2vec, seed)
+    _write_atomic(info.csv, _csv_text(plans))
+    _write_atomic(info.task_ids, "".join(f"{task.task_id}\t{task.name}\n" for task in TASKS))
+    _write_atomic(info.captions, _json(captions))
+    _write_atomic(info.ids, "".join(f"{video_id}\n" for video_id in info.video_ids))
+    _write_atomic(info.heldout_captions, _json(heldout_captions))
+    _write_atomic(heldout_dir / "ids.txt", "".join(f"{video_id}\n" for video_id in info.heldout_ids))
+    _write_atomic(info.youcook2_json, _json(youcook2_database(heldout)))
+    _write_atomic(info.msrvtt_json, _json(msrvtt_info(clips, np.random.default_rng([seed, 6]))))
+    _write_atomic(info.msrvtt_test_list, "".join(f"{c.video_id}\n" for c in clips if c.split == "test"))
+    _write_atomic(info.truth, _json(_truth(plans, heldout, clips)))
+    _write_atomic(out / "README.txt", _readme(videos, heldout_videos, len(clips), seed))
+    info.seconds = time.perf_counter() - started
+    return info
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    """CLI handler: generate, then print a short summary."""
+    heldout = min(DEFAULT_HELDOUT, max(1, args.videos // 3))
+    info = generate_corpus(args.out, videos=args.videos, seed=args.seed, heldout_videos=heldout)
+    truth = json.loads(info.truth.read_text())
+    hours = sum(video["duration"] for video in truth["videos"]) / 3600
+    held_hours = sum(video["duration"] for video in truth["heldout"]) / 3600
+    files = sum(1 for path in info.root.rglob("*") if path.is_file())
+    print(f"synthetic corpus in {info.root}: {len(info.video_ids)} videos ({hours:.2f} h), "
+          f"{len(info.heldout_ids)} held-out ({held_hours:.2f} h), {len(info.msrvtt_ids)} MSR-VTT clips, "
+          f"{len(info.no_audio_ids)} without audio; {files} files in {info.seconds:.1f} s")
+    return 0
