@@ -1,0 +1,90 @@
+"""Mirror credentials: load them from a file or the environment, and keep the password out of every text.
+
+The password is needed in exactly one place (the HTTP Authorization header); everything that may be
+printed, logged or stored goes through `redact` first.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from howto_prep.errors import UserError
+
+USER_VARIABLE = "HOWTO100M_USER"
+PASSWORD_VARIABLE = "HOWTO100M_PASSWORD"
+REDACTED = "***"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """HTTP Basic credentials; `repr` never shows the password (Ray, tracebacks and logs print reprs)."""
+
+    username: str
+    password: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password={REDACTED!r})"
+
+    def basic_token(self) -> str:
+        """The base64 part of the `Authorization: Basic ...` header."""
+        return base64.b64encode(f"{self.username}:{self.password}".encode()).decode("ascii")
+
+    def authorization_header(self) -> str:
+        return f"Basic {self.basic_token()}"
+
+    def secrets(self) -> list[str]:
+        """Every form in which the password could leak into a text."""
+        forms = [f"{self.username}:{self.password}", self.basic_token(), self.password]
+        return [form for form in forms if form]
+
+
+def redact(text: str, credentials: Credentials | None) -> str:
+    """`text` with every form of the password replaced by ***."""
+    if credentials is None or not text:
+        return text
+    for secret in credentials.secrets():
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def parse_credentials_line(line: str, origin: str) -> Credentials:
+    """'username:password' (the password may itself contain ':') -> Credentials."""
+    line = line.strip()
+    username, sep, password = line.partition(":")
+    if not sep or not username or not password:
+        raise UserError(f"{origin} must hold one line 'username:password'")
+    return Credentials(username, password)
+
+
+def warn_if_shared(path: Path) -> None:
+    """Warn (stderr) when group or others may read the credentials file."""
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        print(f"warning: {path} is readable by other users; run: chmod 600 {path}", file=sys.stderr)
+
+
+def load_credentials(path: Path | None, environ: dict[str, str] | None = None) -> Credentials | None:
+    """Credentials from `path` (one line 'username:password'), else from HOWTO100M_USER/PASSWORD, else None."""
+    env = os.environ if environ is None else environ
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"cannot read the credentials file {path} ({err.__class__.__name__})") from None
+        warn_if_shared(path)
+        lines = [line for line in text.splitlines() if line.strip()]
+        if len(lines) != 1:
+            raise UserError(f"credentials file {path} must hold exactly one line 'username:password'")
+        return parse_credentials_line(lines[0], f"credentials file {path}")
+    user, password = env.get(USER_VARIABLE), env.get(PASSWORD_VARIABLE)
+    if user and password:
+        return Credentials(user, password)
+    if user or password:
+        raise UserError(f"set both {USER_VARIABLE} and {PASSWORD_VARIABLE}, or pass --credentials FILE")
+    return None

@@ -1,0 +1,241 @@
+"""`howto-prep download`: decide what is left to fetch, run it as bounded Ray tasks, record every outcome.
+
+The manifest is the record; this driver is its only writer (one commit per video). Workers fetch,
+validate and rename (see download_task); a rerun skips what is done, `--retry-failed` retries only
+what failed, and a mirror that rejects the credentials stops the run after a handful of requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+from urllib.parse import urlsplit
+
+from howto_prep.catalog import VideoRecord, load_records
+from howto_prep.credentials import Credentials, load_credentials, redact
+from howto_prep.download_errors import INTERNAL
+from howto_prep.download_task import (MIRROR, URL, YOUTUBE, FetchJob, FetchResult, FetchSettings, fetch_video)
+from howto_prep.errors import UserError
+from howto_prep.manifest import DONE, FAILED, PENDING, Manifest, summary_table
+
+AUTH_STOP_AFTER = 3  # mirror auth rejections, before any mirror success, that stop the run
+TASK_CPUS = 0.05  # downloads wait on the network: many may share a core
+
+
+@dataclass(frozen=True)
+class DownloadPlan:
+    """A validated `howto-prep download` invocation."""
+
+    out: Path
+    source: str = "auto"  # mirror | youtube | auto
+    mirror_url: str | None = None
+    credentials: Credentials | None = None
+    cookies: Path | None = None
+    workers: int = 4  # tasks in flight; 0 runs in this process without Ray
+    address: str | None = None
+    retry_failed: bool = False
+    settings: FetchSettings = field(default_factory=FetchSettings)
+    show_progress: bool = True
+
+
+@dataclass
+class RunSummary:
+    """What this run did (the manifest holds the whole history)."""
+
+    selected: int = 0
+    skipped: int = 0
+    done: int = 0
+    failed: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+class CredentialsRejected(UserError):
+    """The mirror answered 401/403 to the first videos: the credentials, not the videos, are wrong."""
+
+
+def check_mirror_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"--mirror-url must be an http(s) URL, got {url!r}")
+    if parts.username or parts.password:
+        raise UserError("--mirror-url must not hold credentials; use --credentials FILE or HOWTO100M_USER/PASSWORD")
+    return url.rstrip("/")
+
+
+def plan_from_args(args: argparse.Namespace) -> DownloadPlan:
+    mirror_url = check_mirror_url(args.mirror_url) if args.mirror_url else None
+    if args.source == "mirror" and not mirror_url:
+        raise UserError("--source mirror needs --mirror-url URL")
+    credentials = load_credentials(args.credentials) if args.source != "youtube" else None
+    cookies = args.cookies
+    if cookies is not None and not cookies.is_file():
+        raise UserError(f"cookies file {cookies} does not exist")
+    return DownloadPlan(out=args.out.resolve(), source=args.source, mirror_url=mirror_url,
+                        credentials=credentials, cookies=cookies.resolve() if cookies else None,
+                        workers=args.workers, address=args.address, retry_failed=args.retry_failed)
+
+
+def run_download(args: argparse.Namespace) -> int:
+    """CLI handler: records from --csv/--ids, then download_all, then the summary table."""
+    records = load_records(args.csv, args.ids)
+    if args.limit:
+        records = records[: args.limit]
+    plan = plan_from_args(args)
+    summary = download_all(records, plan)
+    print(f"this run: {summary.done} done, {summary.failed} failed, {summary.skipped} already recorded, "
+          f"{summary.bytes / 1e6:.1f} MB in {summary.seconds:.1f} s")
+    print(summary_table(plan.out))
+    return 0
+
+
+def sources_for(record: VideoRecord, plan: DownloadPlan) -> tuple[str, ...]:
+    """Where to look for one video, in order."""
+    if record.url is not None:
+        return (URL,)
+    if plan.source == "mirror":
+        return (MIRROR,)
+    if plan.source == "youtube" or not plan.mirror_url:
+        return (YOUTUBE,)
+    return (MIRROR, YOUTUBE)
+
+
+def select_work(records: list[VideoRecord], manifest: Manifest, plan: DownloadPlan) -> list[VideoRecord]:
+    """New and pending videos (or, with --retry-failed, only failed ones); a done row whose file vanished is redone."""
+    rows = {row.video_id: row for row in manifest.rows()}
+    todo = []
+    for record in records:
+        row = rows.get(record.video_id)
+        if row is None:
+            wanted = not plan.retry_failed
+        elif row.status == DONE:
+            if row.path and (plan.out / row.path).is_file():
+                continue
+            manifest.mark_pending(record.video_id)
+            wanted = not plan.retry_failed
+        elif row.status == FAILED:
+            wanted = plan.retry_failed
+        else:
+            wanted = not plan.retry_failed
+        if wanted:
+            todo.append(record)
+    manifest.add_pending([record.video_id for record in todo if record.video_id not in rows],
+                         MIRROR if plan.source != "youtube" and plan.mirror_url else YOUTUBE)
+    return todo
+
+
+def download_all(records: list[VideoRecord], plan: DownloadPlan) -> RunSummary:
+    """Fetch every selected record; each outcome is committed to the manifest as it arrives."""
+    plan.out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with Manifest(plan.out) as manifest:
+        todo = select_work(records, manifest, plan)
+        summary = RunSummary(selected=len(todo), skipped=len(records) - len(todo))
+        jobs = [FetchJob(record, str(plan.out), sources_for(record, plan), plan.mirror_url, plan.credentials,
+                         str(plan.cookies) if plan.cookies else None, plan.settings) for record in todo]
+        recorder = _Recorder(manifest, plan, summary)
+        progress = _progress_bar(len(jobs), plan.show_progress)
+        results = _run_jobs(jobs, plan)
+        try:
+            for job, result in results:
+                recorder.record(job, result)
+                _update_progress(progress, summary, started)
+            recorder.finish()
+        finally:
+            results.close()
+            progress.close()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+class _Recorder:
+    """Writes results to the manifest; holds back mirror auth failures until the credentials are proven good."""
+
+    def __init__(self, manifest: Manifest, plan: DownloadPlan, summary: RunSummary) -> None:
+        self.manifest, self.plan, self.summary = manifest, plan, summary
+        self.mirror_accepted = False
+        self.held: list[FetchResult] = []
+
+    def record(self, job: FetchJob, result: FetchResult) -> None:
+        if result.ok and result.source == MIRROR:
+            self.mirror_accepted = True
+        if result.mirror_auth_rejected and not self.mirror_accepted:
+            if not result.ok:
+                self.held.append(result)
+                if len(self.held) >= AUTH_STOP_AFTER:
+                    self._stop()
+                return
+        if self.mirror_accepted and self.held:
+            for held in self.held:
+                self._write(held)
+            self.held.clear()
+        self._write(result)
+
+    def finish(self) -> None:
+        if self.held:  # every mirror answer this run was a rejection
+            self._stop()
+
+    def _stop(self) -> None:
+        raise CredentialsRejected(
+            f"the mirror rejected the credentials for the first {len(self.held)} video(s); check --credentials "
+            "(those videos stay pending and nothing else was requested)")
+
+    def _write(self, result: FetchResult) -> None:
+        text = redact(result.error or "", self.plan.credentials)
+        previous = self.manifest.get(result.video_id)
+        source = result.source or (previous.source if previous else None)
+        if result.ok:
+            self.manifest.mark_done(result.video_id, source or "", result.path or "", result.bytes or 0,
+                                    result.duration or 0.0, result.attempts)
+            self.summary.done += 1
+            self.summary.bytes += result.bytes or 0
+        else:
+            self.manifest.mark_failed(result.video_id, source, result.failure_kind or INTERNAL, text,
+                                      result.attempts)
+            self.summary.failed += 1
+
+
+def _run_jobs(jobs: list[FetchJob], plan: DownloadPlan) -> Iterator[tuple[FetchJob, FetchResult]]:
+    """(job, result) in completion order: Ray tasks with at most `workers` in flight, or in-process when 0."""
+    if plan.workers == 0:
+        for job in jobs:
+            yield job, _safe_fetch(job)
+        return
+    import ray
+
+    from howto_prep.cluster import bounded_map, init_ray
+
+    init_ray(plan.address)
+    remote = ray.remote(fetch_video).options(num_cpus=TASK_CPUS, max_retries=0, scheduling_strategy="SPREAD")
+    for job, result in bounded_map(remote.remote, jobs, plan.workers):
+        if isinstance(result, Exception):  # the worker died (e.g. the decoder crashed the process)
+            result = FetchResult(job.record.video_id, False, None, failure_kind=INTERNAL,
+                                 error=redact(f"{result.__class__.__name__}: {result}"[:2000], plan.credentials),
+                                 attempts=1)
+        yield job, result
+
+
+def _safe_fetch(job: FetchJob) -> FetchResult:
+    try:
+        return fetch_video(job)
+    except Exception as err:
+        return FetchResult(job.record.video_id, False, None, failure_kind=INTERNAL,
+                           error=redact(f"{err.__class__.__name__}: {err}", job.credentials), attempts=1)
+
+
+def _progress_bar(total: int, enabled: bool):  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="video", desc="download", disable=not enabled, file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _update_progress(progress, summary: RunSummary, started: float) -> None:  # type: ignore[no-untyped-def]
+    elapsed = max(time.monotonic() - started, 1e-6)
+    progress.set_postfix(done=summary.done, failed=summary.failed, MB_s=f"{summary.bytes / 1e6 / elapsed:.2f}",
+                         refresh=False)
+    progress.update(1)
