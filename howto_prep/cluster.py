@@ -25,28 +25,33 @@ def bounded_map(submit: Callable[[Any], Any], items: Iterable[Any], max_in_fligh
     """Submit `submit(item)` (which returns an ObjectRef) with at most `max_in_flight` pending.
 
     Yields (item, result) as results complete, in completion order; a task's exception is yielded
-    as the result (never raised), so one bad item cannot stop the batch.
+    as the result (never raised), so one bad item cannot stop the batch. Closing the generator early
+    cancels the tasks still in flight.
     """
     import ray
 
     pending: dict[Any, Any] = {}
     iterator = iter(items)
     exhausted = False
-    while True:
-        while not exhausted and len(pending) < max(1, max_in_flight):
+    try:
+        while True:
+            while not exhausted and len(pending) < max(1, max_in_flight):
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending[submit(item)] = item
+            if not pending:
+                return
+            done, _ = ray.wait(list(pending), num_returns=1)
+            ref = done[0]
+            item = pending.pop(ref)
             try:
-                item = next(iterator)
-            except StopIteration:
-                exhausted = True
-                break
-            pending[submit(item)] = item
-        if not pending:
-            return
-        done, _ = ray.wait(list(pending), num_returns=1)
-        ref = done[0]
-        item = pending.pop(ref)
-        try:
-            result = ray.get(ref)
-        except Exception as err:  # a task's failure belongs to its item, not to the run
-            result = err
-        yield item, result
+                result = ray.get(ref)
+            except Exception as err:  # a task's failure belongs to its item, not to the run
+                result = err
+            yield item, result
+    finally:  # the consumer stopped early (an error, a break): do not leave tasks running unobserved
+        for ref in pending:
+            ray.cancel(ref)
