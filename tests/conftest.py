@@ -1,0 +1,22 @@
+"""Shared fixtures: one small synthetic corpus per test session (real mp4s, captions, word2vec)."""
+
+from __future__ import annotations
+
+import pytest
+
+from howto_prep.synthetic import CorpusInfo, generate_corpus
+
+SYNTH_VIDEOS = 6
+SYNTH_HELDOUT = 3
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory: pytest.TempPathFactory) -> CorpusInfo:
+    """6 pretraining videos of 10-25 s (seed 0) and 3 held-out ones; generated once per session.
+
+    It always holds at least one video without an audio stream (`no_audio_ids`) and one at
+    29.97 fps (`fps`), in 4:3 and 16:9 sizes; treat it as read-only (copy files you change).
+    """
+    out = tmp_path_factory.mktemp("synth") / "corpus"
+    return generate_corpus(out, videos=SYNTH_VIDEOS, seed=0, heldout_videos=SYNTH_HELDOUT,
+                           min_seconds=10, max_seconds=25)
