@@ -1,0 +1,106 @@
+"""What runs inside Ray for `howto-prep extract`: the decode stream (CPU task) and the model actor.
+
+The decode task is a streaming generator: it yields one header (video info, log-mel or the reason
+it is missing), then one FrameChunk per `chunk_seconds` of video. The driver hands each chunk's
+ObjectRef to a model actor, so frames never pass through the driver and at most a few chunks of
+one video are alive at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from howto_prep import schema
+from howto_prep.decode import (DEFAULT_CHUNK_SECONDS, FrameChunk, MediaError, iterate_chunks, open_video,
+                               probe, read_audio)
+
+LOGMEL_INFO = {"model": "AVLnet log-mel (40 mel, 25 ms Hamming, 10 ms hop, power_to_db ref=max, top_db 80)",
+               "weights": None, "weights_sha256": None, "rate": schema.LOGMEL.rate, "dim": schema.LOGMEL.dim}
+
+
+def decode_stream(path: str, want_1fps: bool, want_24fps: bool, want_logmel: bool,
+                  chunk_seconds: int = DEFAULT_CHUNK_SECONDS) -> Iterator[dict | FrameChunk]:
+    """Header dict first, then the frame chunks; MediaError for an unusable file."""
+    reader = open_video(Path(path))
+    info = probe(reader)
+    header: dict[str, Any] = {"info": info.as_dict(), "logmel": None, "missing": {}, "audio_sample_rate": None}
+    if want_logmel:
+        header.update(audio_header(Path(path)))
+    yield header
+    if want_1fps or want_24fps:
+        yield from iterate_chunks(reader, info, want_1fps, want_24fps, chunk_seconds)
+
+
+def audio_header(path: Path) -> dict[str, Any]:
+    """Log-mel of the whole soundtrack (its dB reference is the video's maximum), or why it is missing."""
+    from howto_prep.features.logmel import logmel
+
+    try:
+        audio = read_audio(path)
+    except MediaError as err:
+        return {"logmel": None, "missing": {"logmel": str(err)}, "audio_sample_rate": None}
+    if audio is None:
+        return {"logmel": None, "missing": {"logmel": "no audio stream"}, "audio_sample_rate": None}
+    if len(audio) < 400:  # less than one 25 ms window
+        return {"logmel": None, "missing": {"logmel": f"audio stream holds only {len(audio)} samples"},
+                "audio_sample_rate": schema.AUDIO_SAMPLE_RATE}
+    return {"logmel": logmel(audio), "missing": {}, "audio_sample_rate": schema.AUDIO_SAMPLE_RATE}
+
+
+class FeatureModels:
+    """The visual models of one process; `embed` turns one FrameChunk into feature rows."""
+
+    def __init__(self, names: list[str], weights_2d: str, weights_3d: str, device: str = "cpu",
+                 threads: int | None = None) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.models: dict[str, Any] = {}
+        if schema.RESNET152.name in names:
+            from howto_prep.features.resnet2d import ResNet152Features
+
+            self.models[schema.RESNET152.name] = ResNet152Features(weights=weights_2d, device=device)
+        if schema.RESNEXT101.name in names:
+            from howto_prep.features.resnext3d import ResNeXt101Features
+
+            self.models[schema.RESNEXT101.name] = ResNeXt101Features(weights=weights_3d, device=device)
+
+    def info(self) -> dict[str, dict]:
+        return {name: dict(model.info) for name, model in self.models.items()}
+
+    def embed(self, chunk: FrameChunk) -> tuple[int, dict[str, np.ndarray]]:
+        out: dict[str, np.ndarray] = {}
+        if schema.RESNET152.name in self.models and chunk.frames_1fps is not None:
+            out[schema.RESNET152.name] = self.models[schema.RESNET152.name](chunk.frames_1fps)
+        if schema.RESNEXT101.name in self.models and chunk.frames_24fps is not None:
+            out[schema.RESNEXT101.name] = self.models[schema.RESNEXT101.name](chunk.frames_24fps)
+        return chunk.index, out
+
+
+def remote_decode(max_calls: int, backpressure: int):
+    """The decode task as a Ray streaming generator (recycled every `max_calls` videos)."""
+    import ray
+
+    return ray.remote(num_cpus=1, max_calls=max_calls, num_returns="streaming",
+                      _generator_backpressure_num_objects=backpressure, max_retries=0)(decode_stream)
+
+
+def start_actors(names: list[str], weights_2d: str, weights_3d: str, gpus: int, cpu_threads: int) -> list:
+    """`gpus` GPU actors (one GPU each), or one CPU actor using `cpu_threads` torch threads."""
+    import ray
+
+    actor_class = ray.remote(FeatureModels)
+    if gpus > 0:
+        return [actor_class.options(num_cpus=1, num_gpus=1, max_restarts=0)
+                .remote(names, weights_2d, weights_3d, "cuda") for _ in range(gpus)]
+    return [actor_class.options(num_cpus=1, max_restarts=0)
+            .remote(names, weights_2d, weights_3d, "cpu", cpu_threads)]
+
+
+def default_cpu_threads() -> int:
+    return max(1, os.cpu_count() or 1)

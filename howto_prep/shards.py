@@ -1,0 +1,234 @@
+"""Shard set on disk: the writer (rollover, atomic rename, per-shard JSON last), readers, index, failures.
+
+A shard exists only when its per-shard JSON exists: the tar is written under a temporary name,
+renamed, hashed, and only then is the JSON written (itself through a temporary name). Anything
+else found in the folder (a temporary tar, a tar without JSON) is the residue of a killed run and
+is deleted by `clean_unfinished`, so its videos are redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from howto_prep import schema
+
+SHARD_JSON_PATTERN = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{6})\.json$")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary sibling, fsync, then rename over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """An array as .npy file bytes (what webdataset's default decoder reads back)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shard_jsons(out_dir: Path) -> list[Path]:
+    """Per-shard JSONs (finished shards), in index order; index.json and the rest are ignored."""
+    found = [p for p in Path(out_dir).glob("*.json") if SHARD_JSON_PATTERN.match(p.name)]
+    return sorted(found, key=lambda p: (SHARD_JSON_PATTERN.match(p.name)["prefix"], p.name))
+
+
+def read_shard_records(out_dir: Path) -> list[dict]:
+    """The per-shard JSON records of all finished shards."""
+    return [json.loads(p.read_text()) for p in shard_jsons(out_dir)]
+
+
+def finished_keys(out_dir: Path) -> set[str]:
+    """Video ids already stored in finished shards (those whose JSON exists)."""
+    return {key for record in read_shard_records(out_dir) for key in record["keys"]}
+
+
+def clean_unfinished(out_dir: Path) -> list[Path]:
+    """Delete temporary files and tars without their JSON (a killed run's residue); return them."""
+    out_dir = Path(out_dir)
+    removed = []
+    for path in out_dir.glob(".*.tmp*"):
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    for tar in out_dir.glob("*.tar"):
+        if not tar.with_suffix(".json").exists():
+            tar.unlink(missing_ok=True)
+            removed.append(tar)
+    return removed
+
+
+def write_index(out_dir: Path) -> dict:
+    """Rebuild index.json (the `wids` shard-index format) from the per-shard JSONs."""
+    records = read_shard_records(out_dir)
+    index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": Path(out_dir).resolve().name,
+             "shardlist": [{"url": record["url"], "nsamples": record["count"]} for record in records]}
+    atomic_write_json(Path(out_dir) / schema.INDEX_FILE, index)
+    return index
+
+
+def used_token_ids(out_dir: Path) -> np.ndarray:
+    """Sorted unique word2vec ids used by any finished shard (drives vocab/)."""
+    ids = [np.asarray(record.get("token_ids", []), dtype=np.int64) for record in read_shard_records(out_dir)]
+    return np.unique(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
+
+
+def record_failure(out_dir: Path, video_id: str, kind: str, error: str) -> None:
+    """Append one line to failures.jsonl (a single small write, flushed)."""
+    line = json.dumps({"video_id": video_id, "kind": kind, "error": error,
+                       "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    with open(Path(out_dir) / schema.FAILURES_FILE, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_failures(out_dir: Path) -> dict[str, dict]:
+    """Latest failure record per video id (a torn last line from a kill is ignored)."""
+    path = Path(out_dir) / schema.FAILURES_FILE
+    latest: dict[str, dict] = {}
+    if not path.exists():
+        return latest
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        latest[record["video_id"]] = record
+    return latest
+
+
+class ShardWriter:
+    """The only writer of a shard set: one sample per video, rolls over after `max_bytes`."""
+
+    def __init__(self, out_dir: Path, max_bytes: int = schema.DEFAULT_SHARD_BYTES,
+                 prefix: str = schema.DEFAULT_PREFIX) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.prefix = prefix
+        clean_unfinished(self.out_dir)
+        taken = [int(SHARD_JSON_PATTERN.match(p.name)["index"]) for p in shard_jsons(self.out_dir)
+                 if SHARD_JSON_PATTERN.match(p.name)["prefix"] == prefix]
+        self.next_index = max(taken) + 1 if taken else 0
+        self._tar = None
+        self._tmp_path: Path | None = None
+        self._keys: list[str] = []
+        self._token_ids: set[int] = set()
+        self._seconds = 0.0
+        self.finished: list[Path] = []
+
+    def write(self, key: str, fields: dict[str, bytes], token_ids: np.ndarray | None = None,
+              seconds: float = 0.0) -> None:
+        """Add one sample (`fields`: extension -> encoded bytes); roll over when the shard is full."""
+        import webdataset as wds
+
+        if "." in key:
+            raise ValueError(f"sample key {key!r} contains a dot")
+        if self._tar is None:
+            name = schema.SHARD_NAME.format(prefix=self.prefix, index=self.next_index)
+            self._tmp_path = self.out_dir / f".{name}.tmp{os.getpid()}"
+            self._stream = open(self._tmp_path, "wb")
+            self._tar = wds.TarWriter(self._stream, encoder=False, mtime=0.0)
+        self._tar.write({"__key__": key, **fields})
+        self._keys.append(key)
+        if token_ids is not None:
+            self._token_ids.update(int(i) for i in np.unique(token_ids))
+        self._seconds += float(seconds)
+        if self._stream.tell() >= self.max_bytes:
+            self.close_shard()
+
+    def close_shard(self) -> Path | None:
+        """Finish the open shard: close, fsync, rename, hash, then write its JSON and the index."""
+        if self._tar is None:
+            return None
+        self._tar.close()
+        self._stream.flush()
+        os.fsync(self._stream.fileno())
+        self._stream.close()
+        index = self.next_index
+        final = self.out_dir / schema.SHARD_NAME.format(prefix=self.prefix, index=index)
+        os.replace(self._tmp_path, final)
+        record = {"url": final.name, "keys": self._keys, "count": len(self._keys),
+                  "bytes": final.stat().st_size, "sha256": file_sha256(final),
+                  "video_seconds": round(self._seconds, 3), "token_ids": sorted(self._token_ids),
+                  "schema_version": schema.SCHEMA_VERSION}
+        atomic_write_json(self.out_dir / schema.SHARD_JSON.format(prefix=self.prefix, index=index), record)
+        write_index(self.out_dir)
+        self._tar, self._tmp_path, self._keys, self._token_ids, self._seconds = None, None, [], set(), 0.0
+        self.next_index += 1
+        self.finished.append(final)
+        return final
+
+    def close(self) -> None:
+        self.close_shard()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # On an error the open shard is left unfinished (no JSON): the next run redoes its videos.
+        if exc[0] is None:
+            self.close()
+        elif self._tar is not None:
+            self._tar.close()
+            self._stream.close()
+
+
+def iterate_samples(out_dir: Path) -> Iterator[dict]:
+    """Decoded samples of all finished shards (numpy arrays, dicts), with plain `webdataset`."""
+    import webdataset as wds
+
+    urls = [str(Path(out_dir) / record["url"]) for record in read_shard_records(out_dir)]
+    if not urls:
+        return iter(())
+    return iter(wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode())
+
+
+def summary_table(shard_dir: Path) -> str:
+    """`howto-prep status shards/`: videos, hours, bytes, shards, failures by kind."""
+    shard_dir = Path(shard_dir)
+    records = read_shard_records(shard_dir)
+    done = {key for record in records for key in record["keys"]}
+    failures = {vid: rec for vid, rec in read_failures(shard_dir).items() if vid not in done}
+    unfinished = [p.name for p in shard_dir.glob("*.tar") if not p.with_suffix(".json").exists()]
+    rows = [("shards", str(len(records))),
+            ("videos", str(sum(record["count"] for record in records))),
+            ("hours", f"{sum(record.get('video_seconds', 0.0) for record in records) / 3600:.3f}"),
+            ("bytes", f"{sum(record['bytes'] for record in records):,}"),
+            ("vocabulary words", str(len(used_token_ids(shard_dir)))),
+            ("failed videos", str(len(failures)))]
+    rows += [(f"  failed: {kind}", str(count)) for kind, count in sorted(Counter(r["kind"] for r in failures.values()).items())]
+    if unfinished:
+        rows.append(("unfinished tars (redone on rerun)", str(len(unfinished))))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"shard set {shard_dir}", "-" * (width + 16)]
+    lines += [f"{name:<{width}}  {value:>12}" for name, value in rows]
+    return "\n".join(lines)
