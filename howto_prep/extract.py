@@ -59,7 +59,7 @@ def run_extract(args: argparse.Namespace) -> int:
         from howto_prep.extract_pipeline import run_pipeline
 
         actors, feature_info, decode = start_ray(args, names, visual)
-        max_videos = args.workers or max(1, int(_ray_cpus()) - (0 if args.gpus else 1))
+        max_videos = args.workers or max(1, int(_ray_cpus()) - args.gpus)
         timeout_s = float(os.environ.get("HOWTO_PREP_DECODE_TIMEOUT", DEFAULT_TIMEOUT_S))
         outcomes = run_pipeline(todo, decode, actors, max_videos=max_videos,
                                 max_chunks=2 * len(actors) + 1, timeout_s=timeout_s)

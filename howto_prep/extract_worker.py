@@ -98,7 +98,8 @@ def start_actors(names: list[str], weights_2d: str, weights_3d: str, gpus: int, 
     if gpus > 0:
         return [actor_class.options(num_cpus=1, num_gpus=1, max_restarts=0)
                 .remote(names, weights_2d, weights_3d, "cuda") for _ in range(gpus)]
-    return [actor_class.options(num_cpus=1, max_restarts=0)
+    # num_cpus=0: torch's own threads use the cores; Ray's CPU slots are left to the decode tasks.
+    return [actor_class.options(num_cpus=0, max_restarts=0)
             .remote(names, weights_2d, weights_3d, "cpu", cpu_threads)]
 
 
