@@ -244,7 +244,7 @@ def generate_corpus(
 
 def run_synth(args: argparse.Namespace) -> int:
     """CLI handler: generate, then print a short summary."""
-    heldout = min(DEFAULT_HELDOUT, max(1, args.videos // 3))
+    heldout = min(DEFAULT_HELDOUT, args.videos // 3)  # 24 videos -> 8 held-out; under 3 -> none
     info = generate_corpus(args.out, videos=args.videos, seed=args.seed, heldout_videos=heldout)
     truth = json.loads(info.truth.read_text())
     hours = sum(video["duration"] for video in truth["videos"]) / 3600
