@@ -104,10 +104,18 @@ def record_failure(out_dir: Path, video_id: str, kind: str, error: str) -> None:
     """Append one line to failures.jsonl (a single small write, flushed)."""
     line = json.dumps({"video_id": video_id, "kind": kind, "error": error,
                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    with open(Path(out_dir) / schema.FAILURES_FILE, "a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
+    path = Path(out_dir) / schema.FAILURES_FILE
+    torn = path.exists() and path.stat().st_size > 0 and _last_byte(path) != b"\n"  # a killed append
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(("\n" if torn else "") + line + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1)
 
 
 def read_failures(out_dir: Path) -> dict[str, dict]:
