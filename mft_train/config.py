@@ -58,6 +58,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": 0,
         "grad_clip": 0.0,  # 0: off (the paper does not clip)
         "device": "auto",  # auto | cpu | cuda
+        "cpu_threads": 0,  # torch intra-op threads per process; 0 = torch's default
     },
 }
 OPTIMIZERS = ("adam",)
@@ -173,7 +174,7 @@ def _check_ranges(config: dict) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"{key} must be positive, got {value}")
-    for key in ("data.workers", "train.steps_per_epoch", "train.weight_decay", "train.grad_clip", "data.audio_shift_seconds"):
+    for key in ("data.workers", "train.cpu_threads", "train.steps_per_epoch", "train.weight_decay", "train.grad_clip", "data.audio_shift_seconds"):
         section, name = key.split(".")
         if config[section][name] < 0:
             raise UserError(f"{key} must not be negative, got {config[section][name]}")
