@@ -1,0 +1,119 @@
+"""Tiny clip-level shard sets (shards/README.md, "Clip-level shard sets") written with webdataset.TarWriter.
+
+A "world" (seeded by `world_seed`) fixes the vocabulary and, per topic, a 2D and a 3D prototype
+row, a log-mel spectral shape and six topic words; every clip is about one topic, so its video
+rows, audio and sentence all derive from that topic plus noise. Sets written with the same world
+share vocabulary and prototypes: a training set and a held-out set of the same world let a
+fine-tuned model generalise, a set of another world does not.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+from howto_prep import schema
+
+WORDS_PER_TOPIC = 6
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _unit_rows(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def make_world(topics: int, world_seed: int) -> dict:
+    rng = np.random.default_rng([world_seed, 99])
+    vocab_size = topics * WORDS_PER_TOPIC
+    return {
+        "w2v_ids": np.sort(rng.choice(3_000_000, size=vocab_size, replace=False)).astype(np.int64),
+        "vectors": rng.standard_normal((vocab_size, schema.WORD_DIM)).astype(np.float32),
+        "2d": rng.standard_normal((topics, 2048)),
+        "3d": rng.standard_normal((topics, 2048)),
+        "audio": rng.uniform(-70, -10, size=(topics, schema.LOGMEL.dim)),
+    }
+
+
+def make_clip(rng: np.random.Generator, world: dict, clip_id: str, topic: int, length: float, sentences: int,
+              with_audio: bool, with_words: bool) -> dict[str, bytes]:
+    """One clip sample (field -> bytes) about `topic`, `length` seconds long."""
+    t2, t3, frames = int(np.ceil(length)), int(np.ceil(length * 1.5)), int(round(length * 100))
+    resnet = _unit_rows(world["2d"][topic] + 0.6 * rng.standard_normal((t2, 2048)))
+    resnext = _unit_rows(world["3d"][topic] + 0.6 * rng.standard_normal((t3, 2048)))
+    topic_words = world["w2v_ids"][topic * WORDS_PER_TOPIC : (topic + 1) * WORDS_PER_TOPIC]
+    per_sentence = [rng.choice(topic_words, size=int(rng.integers(3, 8))) if with_words else np.zeros(0, np.int64)
+                    for _ in range(sentences)]
+    tokens = np.concatenate(per_sentence).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum([len(words) for words in per_sentence])]).astype(np.int32)
+    meta = {
+        "video_id": clip_id.rsplit("_", 1)[0], "duration": length, "fps": 24.0, "width": 64, "height": 48,
+        "audio_sample_rate": schema.AUDIO_SAMPLE_RATE if with_audio else None, "source": "fixture",
+        "schema_version": schema.SCHEMA_VERSION, "extractor_version": schema.EXTRACTOR_VERSION,
+        "features": {}, "missing": {} if with_audio else {"logmel": "no_audio"},
+        "kind": "clip", "clip_id": clip_id, "clip_start": 0.0, "clip_end": length, "split": "validation",
+    }
+    sample = {
+        "__key__": clip_id,
+        schema.META_FIELD: json.dumps(meta).encode(),
+        schema.RESNET152.field: _npy(resnet.astype(np.float16)),
+        schema.RESNEXT101.field: _npy(resnext.astype(np.float16)),
+        schema.CAPTIONS_FIELD: json.dumps({"start": [0.0] * sentences, "end": [length] * sentences,
+                                           "text": [f"sentence {i}" for i in range(sentences)]}).encode(),
+        schema.TOKENS_FIELD: _npy(tokens),
+        schema.TOKEN_OFFSETS_FIELD: _npy(offsets),
+    }
+    if with_audio:
+        pattern = world["audio"][topic][:, None] + 8 * rng.standard_normal((schema.LOGMEL.dim, frames))
+        sample[schema.LOGMEL.field] = _npy(np.clip(pattern, -80, 0).astype(np.float16))
+    return sample
+
+
+def write_clip_set(root: Path, clips_per_topic: int = 1, topics: int = 12, world_seed: int = 0, seed: int = 1,
+                   benchmark: str = "youcook2", length: tuple[float, float] = (5.0, 14.0), sentences: int = 1,
+                   shards: int = 2, missing: int = 0, no_audio: tuple[int, ...] = (), no_words: tuple[int, ...] = (),
+                   manifest: bool = True) -> dict:
+    """Write topics * clips_per_topic clips over `shards` shards, vocab/, index.json and clips.json.
+
+    `missing` extra clip ids are listed in clips.json but have no sample (they count as misses);
+    clips whose index is in `no_audio` / `no_words` have no log-mel / no in-vocabulary word.
+    Returns {"ids", "topics", "num_expected"}.
+    """
+    root = Path(root)
+    world = make_world(topics, world_seed)
+    rng = np.random.default_rng([world_seed, seed])
+    count = topics * clips_per_topic
+    ids = [f"clip{seed:02d}v{i:03d}_{i % 7:04d}" for i in range(count)]
+    clip_topics = [i % topics for i in range(count)]
+    vocab = root / schema.VOCAB_DIR
+    vocab.mkdir(parents=True, exist_ok=True)
+    np.save(vocab / schema.VOCAB_W2V_IDS, world["w2v_ids"])
+    np.save(vocab / schema.VOCAB_VECTORS, world["vectors"])
+    (vocab / schema.VOCAB_WORDS).write_text("".join(f"word{i}\n" for i in world["w2v_ids"]))
+    listing = []
+    for shard in range(shards):
+        members = [i for i in range(count) if i * shards // count == shard]
+        name = schema.SHARD_NAME.format(prefix=schema.DEFAULT_PREFIX, index=shard)
+        with wds.TarWriter(str(root / name)) as sink:
+            for i in members:
+                sink.write(make_clip(rng, world, ids[i], clip_topics[i], float(rng.uniform(*length)), sentences,
+                                     with_audio=i not in no_audio, with_words=i not in no_words))
+        record = {"url": name, "keys": [ids[i] for i in members], "count": len(members),
+                  "bytes": (root / name).stat().st_size, "sha256": None}
+        (root / schema.SHARD_JSON.format(prefix=schema.DEFAULT_PREFIX, index=shard)).write_text(json.dumps(record))
+        listing.append({"url": name, "nsamples": len(members)})
+    (root / schema.INDEX_FILE).write_text(json.dumps({"wids_version": 1, "shardlist": listing}))
+    all_ids = ids + [f"absent{i:03d}_0000" for i in range(missing)]
+    if manifest:
+        (root / "clips.json").write_text(json.dumps({
+            "benchmark": benchmark, "split": "validation", "clip_ids": all_ids,
+            "num_expected": len(all_ids), "missing": all_ids[count:]}))
+    return {"ids": ids, "topics": clip_topics, "num_expected": len(all_ids)}
