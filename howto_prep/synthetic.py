@@ -50,7 +50,7 @@ from howto_prep.synth_word2vec import write_word2vec
 README_MARK = "howto-mft synthetic HowTo100M corpus"
 DEFAULT_VIDEOS = 24
 DEFAULT_HELDOUT = 8
-HELDOUT_MAX_SECONDS = 90.0  # held-out videos stay short so the default corpus generates fast
+HELDOUT_MAX_SECONDS = 60.0  # held-out videos stay short so the default corpus generates fast
 
 
 @dataclass
