@@ -7,20 +7,25 @@ validated files.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import time
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from howto_prep.catalog import VideoRecord
 from howto_prep.credentials import Credentials, redact
-from howto_prep.download_errors import AUTH, BAD_MEDIA, NOT_FOUND, FetchError
+from howto_prep.download_errors import AUTH, BAD_MEDIA, NETWORK, NOT_FOUND, FetchError
 from howto_prep.download_mirror import DEFAULT_EXTENSIONS, fetch_from_mirror, partial_path
 from howto_prep.download_youtube import fetch_with_ytdlp, work_dir
 
 PARTIAL_DIR = ".partial"
 MIRROR, YOUTUBE, URL = "mirror", "youtube", "url"
+LOCK_BUCKETS = 4096
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class FetchSettings:
     timeout_s: float = 30.0
     attempts: int = 4
     backoff_s: float = 2.0
+    lock_wait_s: float = 300.0  # how long to wait for a leftover worker of a killed run to finish a video
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
 
 
@@ -87,8 +93,43 @@ def probe_video(path: Path) -> float:
     return frames / fps
 
 
+@contextmanager
+def video_lock(out: Path, video_id: str, wait_s: float) -> Iterator[None]:
+    """Hold an exclusive lock for `video_id` across processes and nodes sharing `out`.
+
+    After a kill -9 of the driver, its Ray workers may still be finishing their videos for a while; the
+    rerun's task for the same video waits here instead of writing the same partial file. Locks live in a
+    fixed set of files (ids hashed into buckets), so their number stays bounded.
+    """
+    folder = out / PARTIAL_DIR / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    bucket = zlib.crc32(video_id.encode()) % LOCK_BUCKETS
+    with open(folder / f"{bucket:04x}.lock", "a+b") as handle:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise FetchError(NETWORK, f"{video_id} stayed locked by another process for {wait_s:.0f} s") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def fetch_video(job: FetchJob) -> FetchResult:
     """Fetch, validate and place one video; never raises for a video-level problem."""
+    try:
+        with video_lock(Path(job.out), job.record.video_id, job.settings.lock_wait_s):
+            return _fetch_video_locked(job)
+    except FetchError as err:
+        return FetchResult(job.record.video_id, False, None, failure_kind=err.kind, error=str(err), attempts=0)
+
+
+def _fetch_video_locked(job: FetchJob) -> FetchResult:
     out = Path(job.out)
     video_id = job.record.video_id
     adopted = _adopt_existing(out, video_id)

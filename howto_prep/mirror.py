@@ -150,10 +150,11 @@ class _Handler(BaseHTTPRequestHandler):
         with path.open("rb") as source:
             source.seek(start)
             remaining = count
+            block_size = max(1, min(CHUNK, int(throttle / 20))) if throttle else CHUNK  # ~20 writes/s when throttled
             began = time.monotonic()
             sent = 0
             while remaining > 0 and not self.server.mirror._stop.is_set():
-                block = source.read(min(CHUNK, remaining))
+                block = source.read(min(block_size, remaining))
                 if not block:
                     break
                 self.wfile.write(block)

@@ -1,0 +1,310 @@
+"""`howto-prep download` against the loopback mirror and yt-dlp on 127.0.0.1: outcomes, resume, reruns, secrets."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from howto_prep import schema
+from howto_prep.catalog import VideoRecord
+from howto_prep.cli import main as cli_main
+from howto_prep.credentials import Credentials, load_credentials, redact
+from howto_prep.download import AUTH_STOP_AFTER, DownloadPlan, download_all, sources_for
+from howto_prep.download_task import FetchSettings
+from howto_prep.download_youtube import classify_ytdlp_error
+from howto_prep.errors import UserError
+from howto_prep.manifest import Manifest, summary_table
+from howto_prep.media_writer import write_mp4
+from howto_prep.mirror import LoopbackMirror
+
+USER = "researcher"
+PASSWORD = "pw-7f3c9a1e5b"
+FAST = FetchSettings(timeout_s=0.5, attempts=3, backoff_s=0.05)
+IDS = ["good01", "good02", "trans1", "trunc1", "stall1", "gone01", "deny01", "html01", "junk01"]
+FAULTS = {"trans1": "transient:2", "trunc1": "truncated:1", "stall1": "stall", "gone01": "not_found",
+          "deny01": "auth", "html01": "html"}
+EXPECTED = {"good01": ("done", None), "good02": ("done", None), "trans1": ("done", None),
+            "trunc1": ("done", None), "stall1": ("failed", "timeout"), "gone01": ("failed", "not_found"),
+            "deny01": ("failed", "auth"), "html01": ("failed", "bad_media"), "junk01": ("failed", "bad_media")}
+
+
+def make_video(path: Path, seed: int, seconds: float = 2.0) -> Path:
+    """A small real mp4 (160x120, 12 fps, H.264 + AAC) whose pixels and tone depend on `seed`."""
+    y, x = np.mgrid[0:120, 0:160]
+    frames = []
+    for index in range(int(seconds * 12)):  # a seed-coloured gradient with a moving square: small, distinct files
+        frame = np.stack([(x + 7 * seed) % 256, (y * 2 + 3 * index) % 256, np.full_like(x, 40 * seed % 256)], -1)
+        frame[40:70, (index * 5) % 130:(index * 5) % 130 + 30] = 255
+        frames.append(frame.astype(np.uint8))
+    tone = 0.2 * np.sin(2 * np.pi * (200 + 50 * seed) * np.arange(int(seconds * 16000)) / 16000)
+    return write_mp4(path, frames, 12, tone.astype(np.float32), sample_rate=16000)
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Mirror root: real mp4s in nested folders (the mirror searches recursively), plus one non-video."""
+    root = tmp_path_factory.mktemp("mirror_root")
+    for index, video_id in enumerate(IDS[:-1] + ["late01", "late02", "late03", "late04"]):
+        folder = root / f"part{index % 3}"
+        folder.mkdir(exist_ok=True)
+        make_video(folder / f"{video_id}.mp4", index)
+    (root / "junk01.mp4").write_bytes(np.random.default_rng(9).bytes(6000))
+    return root
+
+
+def source_file(library: Path, video_id: str) -> Path:
+    return next(library.rglob(f"{video_id}.*"))
+
+
+def manifest_rows(out: Path) -> dict[str, tuple]:
+    with Manifest(out) as manifest:
+        return {row.video_id: row for row in manifest.rows()}
+
+
+def assert_no_secret(paths: list[Path], *texts: str) -> None:
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode())
+    for path in paths:
+        data = path.read_bytes()
+        assert PASSWORD.encode() not in data and token not in data, path
+    for text in texts:
+        assert PASSWORD not in text and token.decode() not in text
+
+
+def files_under(out: Path) -> list[Path]:
+    return sorted(path for path in out.rglob("*") if path.is_file())
+
+
+def plan(out: Path, url: str, **changes) -> DownloadPlan:
+    values = dict(out=out, source="mirror", mirror_url=url, credentials=Credentials(USER, PASSWORD), workers=2,
+                  settings=FAST, show_progress=False)
+    values.update(changes)
+    return DownloadPlan(**values)
+
+
+def test_faults_end_in_the_right_status_and_reruns_are_selective(library: Path, tmp_path: Path) -> None:
+    out = tmp_path / "videos"
+    records = [VideoRecord(video_id) for video_id in IDS]
+    with LoopbackMirror(library, (USER, PASSWORD), FAULTS, stall_seconds=2.0) as mirror:
+        summary = download_all(records, plan(out, mirror.url))
+        first_requests = dict(mirror.requests)
+        ranged = dict(mirror.ranged_requests)
+    rows = manifest_rows(out)
+    assert {video_id: (row.status, row.failure_kind) for video_id, row in rows.items()} == EXPECTED
+    assert (summary.done, summary.failed) == (4, 5)
+    for video_id, (status, _) in EXPECTED.items():
+        row = rows[video_id]
+        if status == "done":  # final layout, byte-identical, real duration recorded
+            assert row.path == f"{video_id[:2]}/{video_id}.mp4"
+            assert (out / row.path).read_bytes() == source_file(library, video_id).read_bytes()
+            assert row.bytes == (out / row.path).stat().st_size and row.duration == pytest.approx(2.0, abs=0.2)
+        else:
+            assert row.path is None and not list(out.glob(f"[!.]*/{video_id}.*")) and row.error
+    assert first_requests["trans1"] == 3 and rows["trans1"].attempts == 3  # two 500s, then success
+    assert ranged.get("trunc1") == 1 and rows["trunc1"].attempts == 2  # resumed with Range after the cut
+    assert rows["stall1"].attempts == FAST.attempts and "timed out" not in rows["gone01"].error
+    assert first_requests["gone01"] == len(FAST.extensions)  # every extension tried, no retries of a 404
+    assert first_requests["deny01"] == 1 and "401" in rows["deny01"].error
+    assert "HTML" in rows["html01"].error and "decord" in rows["junk01"].error
+    assert_no_secret(files_under(out), *(row.error or "" for row in rows.values()))
+    assert not [p for p in (out / ".partial").iterdir() if not p.name.startswith(("stall1", "locks"))]
+
+    # Same arguments again: nothing is requested, nothing changes.
+    with LoopbackMirror(library, (USER, PASSWORD)) as mirror:
+        again = download_all(records, plan(out, mirror.url))
+        assert sum(mirror.requests.values()) == 0 and again.selected == 0
+    assert manifest_rows(out) == rows
+
+    # --retry-failed (the faults are gone now): only failed rows are touched.
+    time.sleep(1.1)  # updated_at has one-second resolution
+    with LoopbackMirror(library, (USER, PASSWORD)) as mirror:
+        download_all(records, plan(out, mirror.url, retry_failed=True))
+        assert set(mirror.requests) == {video_id for video_id, (s, _) in EXPECTED.items() if s == "failed"}
+    retried = manifest_rows(out)
+    for video_id, row in retried.items():
+        if rows[video_id].status == "done":
+            assert row == rows[video_id]
+        else:
+            assert row.updated_at != rows[video_id].updated_at
+    assert {v for v, row in retried.items() if row.status == "done"} == set(IDS) - {"junk01"}
+    assert retried["stall1"].path == "st/stall1.mp4" and retried["junk01"].failure_kind == "bad_media"
+
+
+def test_wrong_password_stops_the_run_in_one_line(library: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "videos"
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(IDS[:4] + ["late01", "late02", "late03", "late04"]) + "\n")
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text(f"{USER}:not-{PASSWORD}\n")
+    wrong.chmod(0o600)
+    with LoopbackMirror(library, (USER, PASSWORD)) as mirror:
+        code = cli_main(["download", "--ids", str(ids), "--out", str(out), "--source", "mirror",
+                         "--mirror-url", mirror.url, "--credentials", str(wrong), "--workers", "2"])
+        sent = sum(mirror.requests.values())
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("howto-prep: error: the mirror rejected the credentials")
+    assert sent <= AUTH_STOP_AFTER + 2  # a handful of requests, not one per video
+    assert {row.status for row in manifest_rows(out).values()} == {"pending"}
+    assert not list(out.glob("*/*.mp4"))
+
+
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(library: Path, tmp_path: Path) -> None:
+    ids = ["good01", "good02", "trans1", "late01", "late02", "late03", "late04", "gone01"]
+    id_file = tmp_path / "ids.txt"
+    id_file.write_text("".join(f"{video_id}\n" for video_id in ids + ["good01"]))  # a duplicate: fetched once
+    credentials_file = tmp_path / "credentials.txt"
+    credentials_file.write_text(f"{USER}:{PASSWORD}\n")
+    credentials_file.chmod(0o600)
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    faults = {"gone01": "not_found"}
+    with LoopbackMirror(library, (USER, PASSWORD), faults, throttle_bytes_per_s=25_000) as mirror:
+        command = [sys.executable, "-m", "howto_prep.cli", "download", "--ids", str(id_file), "--out", str(killed),
+                   "--source", "mirror", "--mirror-url", mirror.url, "--credentials", str(credentials_file),
+                   "--workers", "2"]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                   env={**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+        deadline = time.monotonic() + 90
+        command_lines = []
+        while time.monotonic() < deadline and done_count(killed) < 1:
+            command_lines += read_command_lines()
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=30)
+        done_at_kill = done_count(killed)
+        assert 1 <= done_at_kill < len(ids) - 1, "the kill must land in the middle of the run"
+        for final in killed.glob("*/*.mp4"):  # only whole files ever carry a final name
+            assert final.read_bytes() == source_file(library, final.stem).read_bytes()
+        patient = FetchSettings(timeout_s=10.0, attempts=3, backoff_s=0.05)
+        download_all([VideoRecord(v) for v in ids], plan(killed, mirror.url, settings=patient))
+        download_all([VideoRecord(v) for v in ids], plan(clean, mirror.url, settings=patient))
+    assert_no_secret(files_under(killed), stdout.decode(), stderr.decode(), *command_lines)
+    assert relative_files(killed) == relative_files(clean)
+    assert row_facts(killed) == row_facts(clean)
+    assert row_facts(clean)["gone01"][:2] == ("failed", "not_found") and len(row_facts(clean)) == len(ids)
+
+
+def done_count(out: Path) -> int:
+    path = out / schema.MANIFEST_FILE
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
+            return db.execute("SELECT COUNT(*) FROM videos WHERE status = 'done'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def read_command_lines() -> list[str]:
+    """Every process's command line visible to us (the password must never be in one)."""
+    lines = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                pass
+    return lines
+
+
+def relative_files(out: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(out)): path.read_bytes() for path in out.glob("*/*") if path.parent.name != ".partial"}
+
+
+def row_facts(out: Path) -> dict[str, tuple]:
+    return {video_id: (row.status, row.failure_kind, row.path, row.bytes, row.duration, row.source)
+            for video_id, row in manifest_rows(out).items()}
+
+
+def test_ytdlp_fetches_urls_and_maps_errors(library: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "videos"
+    with LoopbackMirror(library, faults={"deny01": "auth"}) as mirror:
+        id_file = tmp_path / "urls.txt"
+        id_file.write_text(f"{mirror.url}/good02.mp4\n{mirror.url}/nothere.mp4\n{mirror.url}/deny01.mp4\n"
+                           f"https://www.youtube.com/watch?v=good02\n")  # same id as the first URL: fetched once
+        code = cli_main(["download", "--ids", str(id_file), "--out", str(out), "--source", "youtube",
+                         "--workers", "2"])
+    assert code == 0
+    rows = manifest_rows(out)
+    assert {v: (r.status, r.failure_kind, r.source) for v, r in rows.items()} == {
+        "good02": ("done", None, "url"), "nothere": ("failed", "not_found", "url"),
+        "deny01": ("failed", "auth", "url")}
+    assert (out / "go" / "good02.mp4").read_bytes() == source_file(library, "good02").read_bytes()
+    assert "HTTP Error 404" in rows["nothere"].error
+    printed = capsys.readouterr().out
+    assert summary_table(out) in printed
+    assert cli_main(["status", str(out)]) == 0 and summary_table(out) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("[youtube] abc: Video unavailable. This video has been removed by the uploader", "unavailable"),
+    ("[youtube] abc: Private video. Sign in if you've been granted access to this video", "unavailable"),
+    ("[youtube] abc: Sign in to confirm you're not a bot. Use --cookies-from-browser", "bot"),
+    ("[youtube] abc: Sign in to confirm your age. This video may be inappropriate", "auth"),
+    ("[generic] x: Unable to download webpage: HTTP Error 404: Not Found", "not_found"),
+    ("[generic] x: Unable to download webpage: <urlopen error timed out>", "timeout"),
+    ("[generic] x: Unable to download webpage: HTTP Error 503: Service Unavailable", "network"),
+    ("Something nobody anticipated", "other"),
+])
+def test_ytdlp_error_texts_map_to_kinds(text: str, kind: str) -> None:
+    assert classify_ytdlp_error(text) == kind
+
+
+def test_sources_per_record_and_mode(tmp_path: Path) -> None:
+    base = dict(out=tmp_path, mirror_url="http://127.0.0.1:1")
+    assert sources_for(VideoRecord("a"), DownloadPlan(source="auto", **base)) == ("mirror", "youtube")
+    assert sources_for(VideoRecord("a"), DownloadPlan(source="mirror", **base)) == ("mirror",)
+    assert sources_for(VideoRecord("a"), DownloadPlan(source="youtube", **base)) == ("youtube",)
+    assert sources_for(VideoRecord("a"), DownloadPlan(out=tmp_path, source="auto")) == ("youtube",)
+    assert sources_for(VideoRecord("a", "http://h/a.mp4"), DownloadPlan(source="mirror", **base)) == ("url",)
+
+
+def test_credentials_from_file_or_environment_and_redaction(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "credentials.txt"
+    path.write_text(f"{USER}:{PASSWORD}:with-colon\n")
+    path.chmod(0o644)
+    credentials = load_credentials(path, environ={})
+    assert credentials == Credentials(USER, f"{PASSWORD}:with-colon")
+    assert "readable by other users" in capsys.readouterr().err
+    path.chmod(0o600)
+    load_credentials(path, environ={})
+    assert capsys.readouterr().err == ""
+    assert PASSWORD not in repr(credentials) and PASSWORD not in str(credentials)
+    token = credentials.basic_token()
+    text = redact(f"Authorization: Basic {token} pw={PASSWORD}:with-colon", credentials)
+    assert PASSWORD not in text and token not in text and text.count("***") == 2
+    env = {"HOWTO100M_USER": "u", "HOWTO100M_PASSWORD": "p"}
+    assert load_credentials(None, environ=env) == Credentials("u", "p")
+    assert load_credentials(None, environ={}) is None
+    with pytest.raises(UserError):
+        load_credentials(None, environ={"HOWTO100M_USER": "u"})
+    path.write_text("no-colon-here\n")
+    with pytest.raises(UserError, match="username:password"):
+        load_credentials(path, environ={})
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--csv", "{tmp}/missing.csv"], "does not exist"),
+    (["--ids", "{tmp}/empty.txt"], "holds no video ids"),
+    (["--ids", "{tmp}/ids.txt", "--mirror-url", "ftp://host/x"], "must be an http(s) URL"),
+    (["--ids", "{tmp}/ids.txt", "--mirror-url", "http://user:pw@host/x"], "must not hold credentials"),
+    (["--ids", "{tmp}/ids.txt", "--source", "mirror"], "needs --mirror-url"),
+    (["--ids", "{tmp}/ids.txt", "--mirror-url", "http://127.0.0.1:9", "--credentials", "{tmp}/nope.txt"],
+     "cannot read the credentials file"),
+    (["--ids", "{tmp}/ids.txt", "--cookies", "{tmp}/nope.txt"], "cookies file"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, capsys, extra: list[str], message: str) -> None:
+    (tmp_path / "empty.txt").write_text("\n# nothing\n")
+    (tmp_path / "ids.txt").write_text("abc\n")
+    argv = ["download", "--out", str(tmp_path / "out")] + [item.format(tmp=tmp_path) for item in extra]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
