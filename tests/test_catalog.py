@@ -1,0 +1,89 @@
+"""HowTo100M CSV and id lists -> records: parsing, URL ids, dedupe, and one-sentence errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from howto_prep.catalog import VideoRecord, load_records, read_howto_csv, read_id_list, video_id_from_url
+from howto_prep.errors import UserError
+
+HEADER = "video_id,category_1,category_2,rank,task_id\n"
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_csv_rows_become_records_in_order_without_duplicates(tmp_path: Path) -> None:
+    path = write(tmp_path, "HowTo100M_v1.csv", HEADER + "nVbIUDjzWY4,Cars & Other Vehicles,Motorcycles,27,52907\n"
+                 "CTPAZ2euJ2Q,Cars & Other Vehicles,Motorcycles,35,109057\n\n"
+                 "nVbIUDjzWY4,Cars & Other Vehicles,Motorcycles,27,52907\n")
+    assert read_howto_csv(path) == [VideoRecord("nVbIUDjzWY4"), VideoRecord("CTPAZ2euJ2Q")]
+
+
+def test_csv_with_a_byte_order_mark_and_quoted_fields(tmp_path: Path) -> None:
+    path = write(tmp_path, "v.csv", "\ufeff" + HEADER + 'a-b_c,"Food, Drink",Baking,1,2\n')
+    assert read_howto_csv(path) == [VideoRecord("a-b_c")]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "is empty"),
+    ("video_id,colour\nabc,red\n", "unknown column(s) colour"),
+    ("category_1,rank\nx,1\n", "has no video_id column"),
+    (HEADER + "abc,x,y,1\n", "line 2: expected 5 fields, found 4"),
+    (HEADER + "ab.c,x,y,1,2\n", "line 2: bad video id 'ab.c'"),
+    (HEADER + "\n", "holds no video ids"),
+])
+def test_bad_csv_is_one_clear_sentence(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(UserError) as caught:
+        read_howto_csv(write(tmp_path, "bad.csv", text))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_missing_and_binary_files(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        read_howto_csv(tmp_path / "nope.csv")
+    binary = tmp_path / "bin.csv"
+    binary.write_bytes(b"\xff\xfe\x00\x81" * 10)
+    with pytest.raises(UserError, match="cannot read"):
+        read_howto_csv(binary)
+
+
+def test_id_list_with_urls_comments_and_duplicates(tmp_path: Path) -> None:
+    path = write(tmp_path, "ids.txt", "# my list\nabc123\n\n  https://www.youtube.com/watch?v=XyZ_-09&t=3s\n"
+                 "https://youtu.be/abc123\nhttp://127.0.0.1:8000/videos/clip7.mp4\n"
+                 "https://www.youtube.com/shorts/short1\n")
+    assert read_id_list(path) == [VideoRecord("abc123"), VideoRecord("XyZ_-09"),
+                                  VideoRecord("clip7", "http://127.0.0.1:8000/videos/clip7.mp4"),
+                                  VideoRecord("short1")]
+
+
+@pytest.mark.parametrize("url, video_id", [
+    ("https://www.youtube.com/watch?v=dQw4w9WgXcQ", "dQw4w9WgXcQ"),
+    ("https://m.youtube.com/watch?feature=share&v=a_b-c", "a_b-c"),
+    ("https://youtu.be/a_b-c?t=10", "a_b-c"),
+    ("http://host:9/x/y/stem.tar.mp4", "stem"),
+])
+def test_video_id_from_url(url: str, video_id: str) -> None:
+    assert video_id_from_url(url) == video_id
+
+
+@pytest.mark.parametrize("line", ["ftp://host/a.mp4", "https://www.youtube.com/watch?x=1", "http:///a.mp4",
+                                  "not an id", "https://host/"])
+def test_bad_entries_name_the_line(tmp_path: Path, line: str) -> None:
+    path = write(tmp_path, "ids.txt", f"good1\n{line}\n")
+    with pytest.raises(UserError, match="line 2: bad entry"):
+        read_id_list(path)
+
+
+def test_empty_list_and_source_choice(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="holds no video ids"):
+        read_id_list(write(tmp_path, "ids.txt", "# nothing yet\n\n"))
+    ids = write(tmp_path, "ok.txt", "abc\n")
+    assert load_records(None, ids) == [VideoRecord("abc")]
+    with pytest.raises(UserError, match="exactly one"):
+        load_records(ids, ids)
