@@ -51,6 +51,8 @@ README_MARK = "howto-mft synthetic HowTo100M corpus"
 DEFAULT_VIDEOS = 24
 DEFAULT_HELDOUT = 8
 HELDOUT_MAX_SECONDS = 60.0  # held-out videos stay short so the default corpus generates fast
+GENERATOR_VERSION = 1  # bump when the same seed would render different content
+PARAMETERS_FILE = ".synth_parameters.json"  # written first: marks the folder as a (partial) corpus
 
 
 @dataclass
@@ -101,7 +103,9 @@ def _prepare_out(out: Path) -> None:
         raise UserError(f"--out {out} is an existing file; give a folder (new, empty, or an earlier synth corpus)")
     if out.is_dir() and any(out.iterdir()):
         readme = out / "README.txt"
-        if not (readme.is_file() and readme.read_text(errors="replace").startswith(README_MARK)):
+        ours = (out / PARAMETERS_FILE).is_file() or (
+            readme.is_file() and readme.read_text(errors="replace").startswith(README_MARK))
+        if not ours:
             raise UserError(f"--out {out} is a non-empty folder that is not a synthetic corpus; give a new or empty folder")
     try:
         for sub in ("videos", "heldout/videos", "heldout/msrvtt"):
@@ -118,14 +122,36 @@ def _render(job: tuple[VideoPlan, str, float, float | None]) -> str:
 
 def _render_all(jobs: list[tuple[VideoPlan, str, float, float | None]], workers: int) -> None:
     """Encode every video, longest first, in `workers` processes (spawned: safe beside threads)."""
+    from tqdm import tqdm
+
     jobs = sorted(jobs, key=lambda job: -((job[3] or job[0].duration) - job[2]) * job[0].width * job[0].height)
+    progress = tqdm(total=len(jobs), desc="synth videos", unit="video", disable=None)
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             _render(job)
-        return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        for _ in pool.map(_render, jobs):
-            pass
+            progress.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            for _ in pool.map(_render, jobs):
+                progress.update()
+    progress.close()
+
+
+def _clean_stale(out: Path, wanted: set[str]) -> None:
+    """Drop mp4s an earlier run (other seed or size) left behind, and temp files of a killed run."""
+    for folder in (out / "videos", out / "heldout" / "videos", out / "heldout" / "msrvtt"):
+        for path in folder.iterdir():
+            if path.name.startswith(".") and ".tmp" in path.name:
+                path.unlink()
+            elif path.suffix == ".mp4" and str(path) not in wanted:
+                path.unlink()
+
+
+def _same_parameters(stamp: Path, parameters: dict) -> bool:
+    try:
+        return json.loads(stamp.read_text()) == parameters
+    except (OSError, ValueError):
+        return False
 
 
 def _csv_text(plans: list[VideoPlan]) -> str:
@@ -209,7 +235,15 @@ def generate_corpus(
     jobs = [(plan, str(out / "videos" / f"{plan.video_id}.mp4"), 0.0, None) for plan in plans]
     jobs += [(plan, str(heldout_dir / "videos" / f"{plan.video_id}.mp4"), 0.0, None) for plan in heldout]
     jobs += [(c.source, str(heldout_dir / "msrvtt" / f"{c.video_id}.mp4"), c.start, c.end) for c in clips]
-    _render_all(jobs, workers if workers is not None else min(2, os.cpu_count() or 1))
+    # A rerun with the same parameters keeps the videos already written (each one was renamed into
+    # place only when complete); any other earlier corpus is replaced.
+    parameters = {"generator": GENERATOR_VERSION, "seed": seed, "videos": videos, "heldout_videos": heldout_videos,
+                  "min_seconds": min_seconds, "max_seconds": max_seconds}
+    stamp = out / PARAMETERS_FILE
+    _clean_stale(out, {job[1] for job in jobs} if _same_parameters(stamp, parameters) else set())
+    _write_atomic(stamp, _json(parameters))
+    todo = [job for job in jobs if not Path(job[1]).exists()]
+    _render_all(todo, workers if workers is not None else min(2, os.cpu_count() or 1))
 
     caption_rng = np.random.default_rng([seed, 5])
     captions = {plan.video_id: narrate(plan, caption_rng) for plan in plans}

@@ -65,6 +65,15 @@ def test_cli_is_deterministic_across_processes_and_seed_dependent(tmp_path, synt
     picks = [0, len(reader) // 2, len(reader) - 1]
     frames = decoded(here.root / relative, picks)
     assert np.array_equal(decoded(tmp_path / "cli" / relative, picks), frames)
+    # a rerun with the same parameters redoes only what is missing and drops leftovers
+    video = here.root / relative
+    (here.videos_dir / ".killed.mp4.tmp99").write_bytes(b"partial")
+    stale = here.videos_dir / "AAAAAAAAAAA.mp4"
+    stale.write_bytes(video.read_bytes())
+    video.unlink()
+    again = generate_corpus(here.root, videos=1, seed=2, heldout_videos=0)
+    assert sorted(p.name for p in here.videos_dir.iterdir()) == [video.name]
+    assert np.array_equal(decoded(video, picks), frames) and metadata_files(again.root) == cli_files
     for name in ("ids.txt", "caption.json", "word2vec.bin"):  # seed 0 (the fixture) differs
         assert cli_files[name] != (synth_corpus.root / name).read_bytes()
     other = decord.VideoReader(str(synth_corpus.video_path(synth_corpus.video_ids[0])))
