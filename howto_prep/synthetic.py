@@ -218,6 +218,8 @@ def generate_corpus(
     out = Path(out)
     if videos < 1:
         raise UserError("--videos must be at least 1")
+    if not 0 <= seed < 2**32:
+        raise UserError(f"--seed must be between 0 and 4294967295 (got {seed})")
     if heldout_videos < 0:
         raise UserError("heldout_videos must be >= 0")
     if not 2 <= min_seconds <= max_seconds:

@@ -274,5 +274,7 @@ def test_bad_out_is_one_line_exit_2(tmp_path):
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not a synthetic corpus"):
         generate_corpus(foreign, videos=1)
+    result = run_cli("synth", "--out", str(tmp_path / "new"), "--seed", "-1")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "--seed" in result.stderr
     with pytest.raises(UserError, match="at least 1"):
         generate_corpus(tmp_path / "none", videos=0)
