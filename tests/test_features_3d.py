@@ -145,8 +145,11 @@ def test_checkpoint_mismatch_names_the_first_bad_key(tmp_path, state, message):
 def test_plain_state_dict_and_missing_file(tmp_path, hara_checkpoint):
     path, state = hara_checkpoint
     plain = tmp_path / "plain.pth"
-    torch.save({k.removeprefix("module."): v for k, v in state.items() if not k.startswith("module.fc")}, plain)
+    # Plain keys, no fc, and no BatchNorm counters (checkpoints older than PyTorch 0.4.1 lack them).
+    torch.save({k.removeprefix("module."): v for k, v in state.items()
+                if not k.startswith("module.fc") and not k.endswith("num_batches_tracked")}, plain)
     extractor = ResNeXt101Features(weights=str(plain))
     assert torch.equal(extractor.model.layer4[2].conv2.weight, state["module.layer4.2.conv2.weight"])
+    assert not any(t.is_meta for t in extractor.model.state_dict().values())
     with pytest.raises(UserError, match="--weights-3d"):
         ResNeXt101Features(weights=str(tmp_path / "resnext101.pth"))

@@ -45,7 +45,7 @@ class ResNeXt101Features:
     """
 
     def __init__(self, weights: str = "random", device: str = "cpu", batch_size: int = 8,
-                 half: bool | None = None, channels_last: bool = False) -> None:
+                 half: bool | None = None, channels_last: bool = True) -> None:
         import torch
 
         self.device = torch.device(device)

@@ -99,14 +99,19 @@ def load_strict(model: Any, state: Mapping[str, Any], path: Path, option: str,
     model may live on the meta device (built without the costly random init): the loaded tensors
     are then assigned in place, cast to the model's dtypes.
     """
+    import torch
+
     state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
     expected = model.state_dict()
+    for key in expected:  # checkpoints saved before PyTorch 0.4.1 lack these BatchNorm counters
+        if key.endswith(".num_batches_tracked") and key not in state:
+            state[key] = torch.zeros((), dtype=torch.long)
     for key, value in state.items():
         if key not in expected:
             raise UserError(f"{option}: {path} does not fit the model: unexpected key {key!r}")
-        if tuple(value.shape) != tuple(expected[key].shape):
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(expected[key].shape):
             raise UserError(f"{option}: {path} does not fit the model: key {key!r} has shape "
-                            f"{tuple(value.shape)}, expected {tuple(expected[key].shape)}")
+                            f"{tuple(getattr(value, 'shape', ()))}, expected {tuple(expected[key].shape)}")
     for key in expected:
         if key not in state and not key.startswith(ignore_prefixes):
             raise UserError(f"{option}: {path} does not fit the model: missing key {key!r}")
