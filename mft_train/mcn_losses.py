@@ -52,8 +52,8 @@ def cluster_loss(emb: torch.Tensor, centroids: torch.Tensor, labels: torch.Tenso
 
 
 def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between a reconstruction head's output and its (detached) input feature."""
-    return F.mse_loss(prediction.float(), target.detach().float())
+    """Mean squared error between a reconstruction head's output and its target (the model decides what is detached)."""
+    return F.mse_loss(prediction.float(), target.float())
 
 
 @dataclass(frozen=True)

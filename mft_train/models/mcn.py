@@ -5,8 +5,10 @@ Three independent branches into one 6,144-d space, compared with raw dot product
   audio (B, 40, Na)   -> DAVEnet-v1 -> masked mean over time -> GEU 1024 -> 1024 -> Linear 1024 -> 6144
   text  (B, 20, 300)  -> Linear 300 -> 6144 + ReLU per word -> max over real words -> GEU 6144 -> 6144
 Reconstruction heads (Linear 6144 -> 1024, ReLU, Linear 1024 -> target) rebuild from each embedding
-the pooled feature its branch started from: the max-pooled video vector (4096), the pooled DAVEnet
-features (1024) and the mean word vector (300); targets are detached (the loss must not move them).
+the pooled feature its branch started from: the max-pooled video vector (4096) and the mean word
+vector (300), both fixed inputs (detached), and the pooled DAVEnet features (1024), which stay in the
+graph: a detached audio target moves as DAVEnet learns, and with the x50 weight that chase made the
+total loss climb during training; kept in the graph, both sides agree and the term falls.
 
 The batch is the shared one of mft_train.data: every "video" token is concat(L2(2D), L2(3D)), so the
 max over tokens is the paper's max-pool of the L2-normalised 2D and 3D rows, concatenated.
@@ -137,7 +139,7 @@ class MCN(nn.Module):
             out[key] = embedding
             out[f"{key}_empty"] = ~masks[modality].any(dim=1)
             out[f"recon_{key}"] = self.recon[key](embedding)
-            out[f"target_{key}"] = target.detach()
+            out[f"target_{key}"] = target if key == "a" else target.detach()
         for first, second in (("t", "v"), ("t", "a"), ("v", "a")):
             out[first + second] = (out[first] + out[second]) / 2
         return out
