@@ -105,8 +105,8 @@ def frames(plan: VideoPlan, start: float = 0.0, end: float | None = None) -> Ite
             step = STEPS[segment.step]
             progress = (t - segment.start) / max(segment.end - segment.start, 1e-6)
             cx, cy = sprite_centre(step.motion, progress, t, plan.width, plan.height)
-            x0 = int(np.clip(round(cx - size / 2), 0, plan.width - size))
-            y0 = int(np.clip(round(cy - size / 2), 0, plan.height - size))
+            x0 = min(max(int(round(cx - size / 2)), 0), plan.width - size)
+            y0 = min(max(int(round(cy - size / 2)), 0), plan.height - size)
             keep, paint = sprite(step.shape, step.colour, size)
             region = frame[y0:y0 + size, x0:x0 + size]
             region *= keep

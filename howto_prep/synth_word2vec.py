@@ -23,7 +23,7 @@ GENERIC_WORDS = (
     "done", "ready", "put", "take", "hold", "turn", "move", "look", "show", "today", "tutorial",
     "person", "someone", "man", "woman", "how", "about", "into", "out", "off", "until", "they",
     "will", "who", "explains", "shows", "working", "using", "cover", "drop", "let", "lights",
-    "remove", "add", "new", "from", "back", "again", "clean", "tool", "step", "piece",
+    "remove", "add", "from", "back", "again", "clean", "tool", "step", "piece",
 )
 SENTENCES_PER_STEP = 60
 FILLER_SENTENCES = 400

@@ -82,7 +82,15 @@ class CorpusInfo:
     seconds: float = 0.0  # time it took to generate
 
     def video_path(self, video_id: str) -> Path:
-        return self.videos_dir / f"{video_id}.mp4"
+        """Path of a pretraining or held-out video."""
+        path = self.videos_dir / f"{video_id}.mp4"
+        if video_id in self.heldout_ids and self.heldout_videos_dir is not None:
+            path = self.heldout_videos_dir / f"{video_id}.mp4"
+        return path
+
+    def msrvtt_path(self, msrvtt_id: str) -> Path:
+        """Path of an MSR-VTT clip file ("videoN")."""
+        return self.heldout_dir / "msrvtt" / f"{msrvtt_id}.mp4"
 
 
 def _write_atomic(path: Path, data: str | bytes) -> None:
@@ -250,18 +258,8 @@ def generate_corpus(
     caption_rng = np.random.default_rng([seed, 5])
     captions = {plan.video_id: narrate(plan, caption_rng) for plan in plans}
     heldout_captions = {plan.video_id: narrate(plan, caption_rng) for plan in heldout}
-    info = CorpusInfo(
-        root=out, csv=out / "HowTo100M_v1.csv", task_ids=out / "task_ids.csv", captions=out / "caption.json",
-        ids=out / "ids.txt", videos_dir=out / "videos", word2vec=out / "word2vec.bin", heldout_dir=heldout_dir,
-        youcook2_json=heldout_dir / "youcookii_annotations_trainval.json",
-        msrvtt_json=heldout_dir / "videodatainfo.json", msrvtt_test_list=heldout_dir / "msrvtt_test_1kA.txt",
-        video_ids=[plan.video_id for plan in plans], heldout_ids=[plan.video_id for plan in heldout],
-        heldout_videos_dir=heldout_dir / "videos", heldout_captions=heldout_dir / "caption.json",
-        msrvtt_dir=heldout_dir / "msrvtt", msrvtt_ids=[clip.video_id for clip in clips],
-        truth=out / "synth_truth.json",
-        no_audio_ids=[plan.video_id for plan in plans + heldout if plan.sample_rate is None],
-        fps={plan.video_id: plan.fps for plan in plans + heldout},
-    )
+    info = _paths(out, [plan.video_id for plan in plans], [plan.video_id for plan in heldout],
+                  [clip.video_id for clip in clips])
     write_word2vec(info.word2vec, seed)
     _write_atomic(info.csv, _csv_text(plans))
     _write_atomic(info.task_ids, "".join(f"{task.task_id}\t{task.name}\n" for task in TASKS))
@@ -274,7 +272,36 @@ def generate_corpus(
     _write_atomic(info.msrvtt_test_list, "".join(f"{c.video_id}\n" for c in clips if c.split == "test"))
     _write_atomic(info.truth, _json(_truth(plans, heldout, clips)))
     _write_atomic(out / "README.txt", _readme(videos, heldout_videos, len(clips), seed))
+    info = load_corpus(out)
     info.seconds = time.perf_counter() - started
+    return info
+
+
+def _paths(root: Path, video_ids: list[str], heldout_ids: list[str], msrvtt_ids: list[str]) -> CorpusInfo:
+    heldout_dir = root / "heldout"
+    return CorpusInfo(
+        root=root, csv=root / "HowTo100M_v1.csv", task_ids=root / "task_ids.csv", captions=root / "caption.json",
+        ids=root / "ids.txt", videos_dir=root / "videos", word2vec=root / "word2vec.bin", heldout_dir=heldout_dir,
+        youcook2_json=heldout_dir / "youcookii_annotations_trainval.json",
+        msrvtt_json=heldout_dir / "videodatainfo.json", msrvtt_test_list=heldout_dir / "msrvtt_test_1kA.txt",
+        video_ids=video_ids, heldout_ids=heldout_ids, heldout_videos_dir=heldout_dir / "videos",
+        heldout_captions=heldout_dir / "caption.json", msrvtt_dir=heldout_dir / "msrvtt", msrvtt_ids=msrvtt_ids,
+        truth=root / "synth_truth.json",
+    )
+
+
+def load_corpus(root: Path) -> CorpusInfo:
+    """The `CorpusInfo` of a corpus written earlier (e.g. by the CLI), read from its synth_truth.json."""
+    root = Path(root)
+    try:
+        truth = json.loads((root / "synth_truth.json").read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{root} is not a complete synthetic corpus (no readable synth_truth.json)") from None
+    videos = truth["videos"] + truth["heldout"]
+    info = _paths(root, [v["video_id"] for v in truth["videos"]], [v["video_id"] for v in truth["heldout"]],
+                  [clip["video_id"] for clip in truth["msrvtt"]])
+    info.no_audio_ids = [v["video_id"] for v in videos if v["sample_rate"] is None]
+    info.fps = {v["video_id"]: v["fps"] for v in videos}
     return info
 
 

@@ -19,7 +19,7 @@ from howto_prep.clipsets import load_msrvtt, load_youcook2
 from howto_prep.errors import UserError
 from howto_prep.synth_content import COLOURS, OOV_WORDS, STEPS, Segment, VideoPlan
 from howto_prep.synth_media import write_video
-from howto_prep.synthetic import generate_corpus
+from howto_prep.synthetic import generate_corpus, load_corpus
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{11}$")
 
@@ -59,6 +59,8 @@ def test_cli_is_deterministic_across_processes_and_seed_dependent(tmp_path, synt
     assert {"HowTo100M_v1.csv", "task_ids.csv", "caption.json", "ids.txt", "word2vec.bin", "README.txt",
             "synth_truth.json", "heldout/youcookii_annotations_trainval.json", "heldout/videodatainfo.json",
             "heldout/msrvtt_test_1kA.txt", "heldout/caption.json"} <= set(cli_files)
+    loaded = load_corpus(tmp_path / "cli")
+    assert (loaded.video_ids, loaded.fps, loaded.no_audio_ids) == (here.video_ids, here.fps, here.no_audio_ids)
     assert here.heldout_ids == [] and json.loads(here.youcook2_json.read_text()) == {"database": {}}
     relative = f"videos/{here.video_ids[0]}.mp4"
     reader = decord.VideoReader(str(here.root / relative))
@@ -91,8 +93,6 @@ def test_same_seed_gives_identical_frames_for_fixture_videos(tmp_path, synth_cor
         data["clutter"] = tuple(tuple(c) for c in data["clutter"])
         again = write_video(VideoPlan(**data), tmp_path / f"{video_id}.mp4")
         original = synth_corpus.video_path(video_id)
-        if not original.exists():
-            original = synth_corpus.heldout_videos_dir / f"{video_id}.mp4"
         count = len(decord.VideoReader(str(original)))
         picks = list(range(0, count, 7))
         assert np.array_equal(decoded(again, picks), decoded(original, picks))
@@ -101,7 +101,8 @@ def test_same_seed_gives_identical_frames_for_fixture_videos(tmp_path, synth_cor
 def test_every_video_decodes_with_its_planned_format(synth_corpus):
     plans = plans_by_id(synth_corpus)
     paths = [synth_corpus.video_path(v) for v in synth_corpus.video_ids]
-    paths += [synth_corpus.heldout_videos_dir / f"{v}.mp4" for v in synth_corpus.heldout_ids]
+    paths += [synth_corpus.video_path(v) for v in synth_corpus.heldout_ids]
+    assert all(path.parent == synth_corpus.heldout_videos_dir for path in paths[len(synth_corpus.video_ids):])
     assert synth_corpus.no_audio_ids and 29.97 in synth_corpus.fps.values()
     shapes = set()
     for path in paths:
@@ -232,7 +233,7 @@ def test_msrvtt_annotations_and_clip_files(synth_corpus):
         source = video["url"].split("v=")[1]
         assert source in synth_corpus.heldout_ids and isinstance(video["category"], int)
         assert 0 <= video["start time"] < video["end time"]
-        reader = decord.VideoReader(str(synth_corpus.msrvtt_dir / f"{video['video_id']}.mp4"))
+        reader = decord.VideoReader(str(synth_corpus.msrvtt_path(video["video_id"])))
         assert abs(len(reader) - (video["end time"] - video["start time"]) * fps[source]) <= 1
 
 
