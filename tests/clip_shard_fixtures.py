@@ -117,3 +117,24 @@ def write_clip_set(root: Path, clips_per_topic: int = 1, topics: int = 12, world
             "benchmark": benchmark, "split": "validation", "clip_ids": all_ids,
             "num_expected": len(all_ids), "missing": all_ids[count:]}))
     return {"ids": ids, "topics": clip_topics, "num_expected": len(all_ids)}
+
+
+# A model small enough for tests on 2 busy cores; same architecture as eao_small, narrower.
+TINY_MODEL = ["model.width=32", "model.heads=2", "model.embed_dim=32", "model.davenet_widths=[8, 8, 8, 8, 8, 8]"]
+
+
+def pretrained_checkpoint(root: Path, seed: int = 0) -> Path:
+    """A tiny EAO pretrained for two steps by the real engine on a video-level fixture of another world."""
+    from shard_fixtures import write_shard_set
+
+    from mft_train.config import load_config
+    from mft_train.distributed import init_distributed
+    from mft_train.engine import train
+
+    root = Path(root)
+    write_shard_set(root / "pretrain-shards", videos=4, shards=1, seed=seed)
+    config = load_config("eao_small", TINY_MODEL + [
+        "train.steps_per_epoch=2", "train.epochs=1", "train.batch=2", "train.device=cpu", "train.seed=0",
+        "data.workers=0", "data.order=fixed", "data.clips_per_video=2"])
+    result = train(config, root / "pretrain-shards", root / "pretrain-run", init_distributed(force_cpu=True))
+    return result.checkpoint
