@@ -46,7 +46,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "optimizer": "adam",
         "lr": 5e-5,
         "weight_decay": 0.0,
+        "schedule": "exponential",  # exponential: lr * lr_gamma ** epoch (EAO); cosine: per step (MCN)
         "lr_gamma": 0.9,  # ExponentialLR, stepped once per epoch
+        "warmup_steps": 0,  # cosine schedule only: linear warm-up steps
         "epochs": 15,
         "steps_per_epoch": 0,  # 0: one pass over the shard set's videos
         "batch": 224,  # videos per step over all ranks; clips per step = batch * data.clips_per_video
@@ -62,6 +64,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 OPTIMIZERS = ("adam",)
+SCHEDULES = ("exponential", "cosine")
+# Loss sections checked here; others ("mcn") are checked by their loss module when training starts.
+CHECKED_LOSSES = ("combinatorial",)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -156,6 +161,9 @@ def validate(config: dict, where: str = "the config") -> dict:
         values = config.get(section) or {}
         if not isinstance(values, dict):
             raise UserError(f"the {section} section of {where} must be a mapping")
+        if section == "loss" and values.get("name", "combinatorial") not in CHECKED_LOSSES:
+            out[section] = dict(values)
+            continue
         out[section] = _check_section(section, values, DEFAULTS[section], where)
     _check_ranges(out)
     return out
@@ -167,7 +175,7 @@ def _check_ranges(config: dict) -> None:
         "data.clips_per_video": data["clips_per_video"], "data.clip_seconds": data["clip_seconds"],
         "data.video_tokens": data["video_tokens"], "data.audio_frames": data["audio_frames"],
         "data.max_words": data["max_words"], "data.shuffle_buffer": data["shuffle_buffer"],
-        "loss.temperature": loss["temperature"], "train.lr": train["lr"], "train.epochs": train["epochs"],
+        "train.lr": train["lr"], "train.epochs": train["epochs"],
         "train.batch": train["batch"], "train.checkpoint_every": train["checkpoint_every"],
         "train.log_every": train["log_every"], "train.keep_checkpoints": train["keep_checkpoints"],
     }
@@ -186,6 +194,14 @@ def _check_ranges(config: dict) -> None:
         raise UserError(f"train.device must be one of {', '.join(DEVICES)}, not {train['device']!r}")
     if data["order"] not in ("stream", "fixed"):
         raise UserError(f"data.order must be stream or fixed, not {data['order']!r}")
+    if train["schedule"] not in SCHEDULES:
+        raise UserError(f"train.schedule must be one of {', '.join(SCHEDULES)}, not {train['schedule']!r}")
+    if train["warmup_steps"] < 0:
+        raise UserError(f"train.warmup_steps must not be negative, got {train['warmup_steps']}")
+    if loss.get("name", "combinatorial") not in CHECKED_LOSSES:
+        return
+    if loss["temperature"] <= 0:
+        raise UserError(f"loss.temperature must be positive, got {loss['temperature']}")
     weights = loss["weights"]
     for term, weight in weights.items():
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:

@@ -1,4 +1,4 @@
-"""Pretraining loop: Adam + ExponentialLR per epoch, AMP, DDP, atomic checkpoints, resume, logging.
+"""Pretraining loop: Adam + ExponentialLR per epoch (or warm-up + cosine per step for MCN), AMP, DDP, atomic checkpoints, resume, logging.
 
 The data of each stretch between checkpoints comes from a fresh loader seeded by (seed, epoch,
 first step), so a run resumed from a checkpoint sees exactly the batches the uninterrupted run saw,
@@ -75,6 +75,70 @@ def move_batch(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """exponential: lr * gamma ** epoch (stepped per epoch, EAO); cosine: linear warm-up then cosine
+    decay to 0 over the run (stepped per step, MCN)."""
+    if train_cfg["schedule"] == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=train_cfg["lr_gamma"])
+    warmup = train_cfg["warmup_steps"]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class CombinatorialObjective:
+    """Everything-at-Once's six-term loss; stateless."""
+
+    def __init__(self, loss_cfg: dict) -> None:
+        self.weights, self.temperature = loss_cfg["weights"], loss_cfg["temperature"]
+
+    def __call__(self, out: dict) -> tuple[torch.Tensor, dict]:
+        return combinatorial_loss(out, self.weights, self.temperature)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class MCNObjective:
+    """MCN's MMS + clustering + reconstruction loss; its queue and centroids go into checkpoints."""
+
+    def __init__(self, loss_cfg: dict, model: nn.Module, device: torch.device) -> None:
+        from mft_train.mcn_losses import ClusterState, MCNLossConfig
+
+        self.config = MCNLossConfig.from_dict(loss_cfg)
+        self.device = device
+        self.state = ClusterState(model.config.embed_dim, self.config)
+
+    def __call__(self, out: dict) -> tuple[torch.Tensor, dict]:
+        from mft_train.mcn_losses import mcn_loss
+
+        return mcn_loss(out, self.state, self.config)
+
+    def state_dict(self) -> dict:
+        return self.state.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.state.load_state_dict(state, self.device)
+
+
+def make_objective(loss_cfg: dict, model: nn.Module, device: torch.device):
+    name = loss_cfg.get("name", "combinatorial")
+    if name == "combinatorial":
+        return CombinatorialObjective(loss_cfg)
+    if name == "mcn":
+        return MCNObjective(loss_cfg, model, device)
+    raise UserError(f"unknown loss.name {name!r}; expected combinatorial or mcn")
+
+
 class Trainer:
     """Owns the model, optimiser, scheduler and run directory of one pretraining run."""
 
@@ -104,7 +168,8 @@ class Trainer:
             else None
         )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
-        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=train_cfg["lr_gamma"])
+        self.scheduler = make_scheduler(self.optimizer, train_cfg, self.total_steps)
+        self.objective = make_objective(config["loss"], self.model, self.device)
         # bf16 needs no loss scaling; the scaler is kept (disabled) so checkpoints have one format.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)
         self.step = 0
@@ -116,6 +181,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "objective": self.objective.state_dict(),
             "rng": checkpoints.rng_state(),
             "step": self.step,
             "epoch": self.step // self.steps_per_epoch,
@@ -141,19 +207,20 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        self.objective.load_state_dict(state.get("objective", {}))
         checkpoints.restore_rng_state(state["rng"])
         self.step = int(state["step"])
         return path
 
     # ---- one step -----------------------------------------------------------------------------
     def train_step(self, batch: dict) -> tuple[float, dict[str, float]]:
-        loss_cfg, train_cfg = self.config["loss"], self.config["train"]
+        train_cfg = self.config["train"]
         batch = move_batch(batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast_context(self.device, train_cfg["amp"]):
             out = (self.ddp or self.model)(batch)
         out = gather_outputs({k: (v.float() if v.is_floating_point() else v) for k, v in out.items()})
-        loss, parts = combinatorial_loss(out, loss_cfg["weights"], loss_cfg["temperature"])
+        loss, parts = self.objective(out)
         # Keep every embedding in the graph even when a batch drops a term, so DDP always
         # sees gradients for every parameter (zero ones for the unused path).
         loss = loss + 0.0 * sum(out[key].sum() for key in EMBEDDING_KEYS if key in out)
@@ -198,16 +265,19 @@ class Trainer:
                 tick = time.perf_counter()
                 for batch in self.loader_for(self.step, segment_end - self.step):
                     loss, parts = self.train_step(batch)
+                    lr = self.optimizer.param_groups[0]["lr"]
                     self.step += 1
+                    if train_cfg["schedule"] == "cosine":
+                        self.scheduler.step()
                     now = time.perf_counter()
                     clips_per_s = clips_per_step / max(now - tick, 1e-9)
                     tick = now
                     result.losses.append(loss)
                     result.terms.append(parts)
-                    logger.log(self.step, loss, parts, self.optimizer.param_groups[0]["lr"], clips_per_s)
+                    logger.log(self.step, loss, parts, lr, clips_per_s)
                 if self.step != segment_end:
                     raise RuntimeError(f"the data loader ended after step {self.step}, expected {segment_end}")
-                if self.step == epoch_end:
+                if self.step == epoch_end and train_cfg["schedule"] == "exponential":
                     self.scheduler.step()
                 if self.step % train_cfg["checkpoint_every"] == 0 or self.step == stop:
                     result.checkpoint = self.save()
