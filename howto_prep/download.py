@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterator
 from urllib.parse import urlsplit
 
 from howto_prep.catalog import VideoRecord, load_records
@@ -20,7 +20,7 @@ from howto_prep.credentials import Credentials, load_credentials, redact
 from howto_prep.download_errors import INTERNAL
 from howto_prep.download_task import (MIRROR, URL, YOUTUBE, FetchJob, FetchResult, FetchSettings, fetch_video)
 from howto_prep.errors import UserError
-from howto_prep.manifest import DONE, FAILED, PENDING, Manifest, summary_table
+from howto_prep.manifest import DONE, FAILED, Manifest, summary_table
 
 AUTH_STOP_AFTER = 3  # mirror auth rejections, before any mirror success, that stop the run
 TASK_CPUS = 0.05  # downloads wait on the network: many may share a core

@@ -8,7 +8,6 @@ protocol as the real mirror, offline.
 from __future__ import annotations
 
 import argparse
-import base64
 import hmac
 import mimetypes
 import re
