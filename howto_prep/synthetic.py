@@ -52,6 +52,7 @@ DEFAULT_VIDEOS = 24
 DEFAULT_HELDOUT = 8
 HELDOUT_MAX_SECONDS = 60.0  # held-out videos stay short so the default corpus generates fast
 GENERATOR_VERSION = 1  # bump when the same seed would render different content
+SERIAL_BELOW_SECONDS = 60.0  # less video than this is encoded in-process
 PARAMETERS_FILE = ".synth_parameters.json"  # written first: marks the folder as a (partial) corpus
 
 
@@ -221,7 +222,11 @@ def generate_corpus(
     max_seconds: float = 180,
     workers: int | None = None,
 ) -> CorpusInfo:
-    """Write the corpus under `out` and return its paths; deterministic for `seed`."""
+    """Write the corpus under `out` and return its paths; deterministic for `seed`.
+
+    `workers`: encoding processes (default: 2 when there is a minute of video or more, else 1).
+    Rerunning with the same arguments keeps the videos already written.
+    """
     started = time.perf_counter()
     out = Path(out)
     if videos < 1:
@@ -253,7 +258,10 @@ def generate_corpus(
     _clean_stale(out, {job[1] for job in jobs} if _same_parameters(stamp, parameters) else set())
     _write_atomic(stamp, _json(parameters))
     todo = [job for job in jobs if not Path(job[1]).exists()]
-    _render_all(todo, workers if workers is not None else min(2, os.cpu_count() or 1))
+    if workers is None:  # spawning workers costs seconds: only worth it for more than a little video
+        seconds = sum((end or plan.duration) - start for plan, _, start, end in todo)
+        workers = 1 if seconds < SERIAL_BELOW_SECONDS else min(2, os.cpu_count() or 1)
+    _render_all(todo, workers)
 
     caption_rng = np.random.default_rng([seed, 5])
     captions = {plan.video_id: narrate(plan, caption_rng) for plan in plans}
