@@ -123,8 +123,16 @@ def write_clip_set(root: Path, clips_per_topic: int = 1, topics: int = 12, world
 TINY_MODEL = ["model.width=32", "model.heads=2", "model.embed_dim=32", "model.davenet_widths=[8, 8, 8, 8, 8, 8]"]
 
 
+_PRETRAINED: dict[int, Path] = {}
+
+
 def pretrained_checkpoint(root: Path, seed: int = 0) -> Path:
-    """A tiny EAO pretrained for two steps by the real engine on a video-level fixture of another world."""
+    """A tiny EAO pretrained for two steps by the real engine on a video-level fixture of another world.
+
+    Made once per test session and seed (under the first caller's temporary folder); treat it as read-only.
+    """
+    if seed in _PRETRAINED and _PRETRAINED[seed].is_file():
+        return _PRETRAINED[seed]
     from shard_fixtures import write_shard_set
 
     from mft_train.config import load_config
@@ -137,4 +145,5 @@ def pretrained_checkpoint(root: Path, seed: int = 0) -> Path:
         "train.steps_per_epoch=2", "train.epochs=1", "train.batch=2", "train.device=cpu", "train.seed=0",
         "data.workers=0", "data.order=fixed", "data.clips_per_video=2"])
     result = train(config, root / "pretrain-shards", root / "pretrain-run", init_distributed(force_cpu=True))
-    return result.checkpoint
+    _PRETRAINED[seed] = Path(result.checkpoint)
+    return _PRETRAINED[seed]
