@@ -253,7 +253,7 @@ def generate_corpus(
     # A rerun with the same parameters keeps the videos already written (each one was renamed into
     # place only when complete); any other earlier corpus is replaced.
     parameters = {"generator": GENERATOR_VERSION, "seed": seed, "videos": videos, "heldout_videos": heldout_videos,
-                  "min_seconds": min_seconds, "max_seconds": max_seconds}
+                  "min_seconds": float(min_seconds), "max_seconds": float(max_seconds)}
     stamp = out / PARAMETERS_FILE
     _clean_stale(out, {job[1] for job in jobs} if _same_parameters(stamp, parameters) else set())
     _write_atomic(stamp, _json(parameters))
