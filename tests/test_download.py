@@ -157,6 +157,13 @@ def test_wrong_password_stops_the_run_in_one_line(library: Path, tmp_path: Path,
 
 
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(library: Path, tmp_path: Path) -> None:
+    """The CLI joins this process's Ray cluster (--address), is killed mid-run, and the rerun completes it."""
+    import ray
+
+    from howto_prep.cluster import init_ray
+
+    init_ray(None)
+    address = ray.get_runtime_context().gcs_address
     ids = ["good01", "good02", "trans1", "late01", "late02", "late03", "late04", "gone01"]
     id_file = tmp_path / "ids.txt"
     id_file.write_text("".join(f"{video_id}\n" for video_id in ids + ["good01"]))  # a duplicate: fetched once
@@ -168,7 +175,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(library: Path, tmp_path: 
     with LoopbackMirror(library, (USER, PASSWORD), faults, throttle_bytes_per_s=25_000) as mirror:
         command = [sys.executable, "-m", "howto_prep.cli", "download", "--ids", str(id_file), "--out", str(killed),
                    "--source", "mirror", "--mirror-url", mirror.url, "--credentials", str(credentials_file),
-                   "--workers", "2"]
+                   "--workers", "2", "--address", address]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                                    env={**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
         deadline = time.monotonic() + 90
