@@ -148,6 +148,7 @@ class FineTuner:
             if self.dist.is_main:
                 self._log_eval(logger, self.evaluate(0, None))
             clips_per_step = self.config["train"]["batch"]
+            per_step_schedule = self.config["train"].get("schedule", "exponential") == "cosine"
             for epoch in range(1, epochs + 1):
                 losses = []
                 tick = time.perf_counter()
@@ -155,13 +156,16 @@ class FineTuner:
                     batch = rank_slice(batch, self.dist.rank, self.dist.world_size)
                     inputs = {k: v for k, v in batch.items() if k not in ("clip_id", "clip_index")}
                     loss, parts = self.trainer.train_step(inputs)
+                    lr = self.trainer.optimizer.param_groups[0]["lr"]
                     self.trainer.step += 1
+                    if per_step_schedule:
+                        self.trainer.scheduler.step()
                     now = time.perf_counter()
-                    logger.log(self.trainer.step, loss, parts, self.trainer.optimizer.param_groups[0]["lr"],
-                               clips_per_step / max(now - tick, 1e-9))
+                    logger.log(self.trainer.step, loss, parts, lr, clips_per_step / max(now - tick, 1e-9))
                     tick = now
                     losses.append(loss)
-                self.trainer.scheduler.step()
+                if not per_step_schedule:
+                    self.trainer.scheduler.step()
                 self.trainer.save()
                 if self.dist.is_main:
                     self._log_eval(logger, self.evaluate(epoch, float(np.mean(losses)) if losses else None))
