@@ -15,8 +15,10 @@ from clip_shard_fixtures import pretrained_checkpoint, write_clip_set
 from shard_fixtures import write_shard_set
 from mft_train.cli import main
 from mft_train.data_clips import ClipSpec, VideoRecord
-from mft_train.eval_data import clip_windows, open_clip_set, whole_clip
-from mft_train.evaluate import COMBINATIONS, _average_windows, score_embeddings
+from mft_train.config import load_config
+from mft_train.eval_data import clip_batches, clip_windows, open_clip_set, whole_clip
+from mft_train.evaluate import COMBINATIONS, _average_windows, evaluate_model, score_embeddings
+from mft_train.metrics import retrieval_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 PRESENT, MISSING = 8, 2
@@ -169,13 +171,35 @@ def test_cli_evaluate_prints_every_combination_and_writes_json_and_png(setup: di
 
 def test_strategy_clips_and_explicit_json_path(setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "report.json"
-    code = main(["evaluate", "--checkpoint", str(setup["checkpoint"]), "--shards", str(setup["val"]),
+    run_dir = Path(setup["checkpoint"]).parent.parent  # a run folder: its newest checkpoint is used
+    code = main(["evaluate", "--checkpoint", str(run_dir), "--shards", str(setup["val"]),
                  "--strategy", "clips", "--num-expected", "40", "--json", str(out), "--set", "train.device=cpu"])
     assert code == 0, capsys.readouterr().err
     report = json.loads(out.read_text())
     assert report["strategy"] == "clips" and report["num_expected"] == 40
+    assert report["checkpoint"] == str(setup["checkpoint"])
     assert report["results"]["cosine"]["t->va"]["R50"] == pytest.approx(100.0 * PRESENT / 40)
     assert out.with_suffix(".png").is_file()
+
+
+def test_mcn_is_scored_with_dot_products_against_v_plus_a(setup: dict) -> None:
+    """The evaluator only needs t, v, a: MCN (raw, unnormalised embeddings) is scored like its paper."""
+    from mft_train.models.mcn import build_mcn
+
+    model_cfg = load_config("mcn_small")["model"]
+    model_cfg.pop("name")
+    torch.manual_seed(0)
+    model = build_mcn(model_cfg)
+    batches = list(clip_batches(open_clip_set(setup["val"]), 3, video_tokens=24, audio_frames=1000, max_words=20))
+    results = evaluate_model(model, batches, num_expected=PRESENT + MISSING, similarity="dot")
+    model.eval()
+    with torch.no_grad():
+        outs = [model({k: v for k, v in b.items() if k not in ("clip_id", "clip_index")}) for b in batches]
+    t, v, a = (torch.cat([o[key] for o in outs]).double().numpy() for key in ("t", "v", "a"))
+    assert not np.allclose(np.linalg.norm(v, axis=1), 1.0)  # raw embeddings: dot differs from cosine
+    for name in ("t->va", "t->v+a"):
+        assert results[name] == pytest.approx(retrieval_metrics(t @ (v + a).T, PRESENT + MISSING)), name
+    assert results["t->v"] == pytest.approx(retrieval_metrics(t @ v.T, PRESENT + MISSING))
 
 
 def _one_error_line(capsys: pytest.CaptureFixture) -> str:
