@@ -33,7 +33,8 @@ class _Job:
     video_id: str
     path: Path
     stream: Any
-    waiting_since: float
+    waiting_since: float | None = None  # None until the decode task runs (worker start-up is no hang)
+    started: bool = False
     header: dict | None = None
     next_chunk: int = 0
     pending: dict = field(default_factory=dict)  # embed ObjectRef -> actor index
@@ -68,7 +69,7 @@ def run_pipeline(videos: Iterable[tuple[str, Path]], decode: Callable[[str], Any
             except StopIteration:
                 exhausted = True
                 break
-            active[video_id] = _Job(video_id, path, decode(str(path)), time.monotonic())
+            active[video_id] = _Job(video_id, path, decode(str(path)))
         if not active:
             return
         queued = sum(load)
@@ -102,7 +103,7 @@ def run_pipeline(videos: Iterable[tuple[str, Path]], decode: Callable[[str], Any
                 finished.append(Outcome(job.video_id, job.path, header=job.header, chunks=job.chunks))
         now = time.monotonic()
         for job in list(active.values()):
-            if not job.stream_done and now - job.waiting_since > timeout_s:
+            if not job.stream_done and job.waiting_since is not None and now - job.waiting_since > timeout_s:
                 ray.cancel(job.stream, force=True)
                 finished.append(_drop(job, active, load, "timeout",
                                       f"decoding produced nothing for {timeout_s:g} s; the task was killed"))
@@ -118,6 +119,9 @@ def _advance_stream(job: _Job, actors: list, load: list[int]) -> None:
         ref = next(job.stream)
     except StopIteration:
         job.stream_done = True
+        return
+    if not job.started:
+        job.started = True  # the STARTED marker: the clock for a hung decode starts now
         return
     if job.header is None:
         job.header = ray.get(ref)

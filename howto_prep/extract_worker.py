@@ -18,13 +18,18 @@ from howto_prep import schema
 from howto_prep.decode import (DEFAULT_CHUNK_SECONDS, FrameChunk, MediaError, iterate_chunks, open_video,
                                probe, read_audio)
 
+STARTED = "started"
 LOGMEL_INFO = {"model": "AVLnet log-mel (40 mel, 25 ms Hamming, 10 ms hop, power_to_db ref=max, top_db 80)",
                "weights": None, "weights_sha256": None, "rate": schema.LOGMEL.rate, "dim": schema.LOGMEL.dim}
 
 
 def decode_stream(path: str, want_1fps: bool, want_24fps: bool, want_logmel: bool,
                   chunk_seconds: int = DEFAULT_CHUNK_SECONDS) -> Iterator[dict | FrameChunk]:
-    """Header dict first, then the frame chunks; MediaError for an unusable file."""
+    """STARTED, then the header dict, then the frame chunks; MediaError for an unusable file.
+
+    STARTED tells the driver the task is running, so worker start-up never counts as a hung decode.
+    """
+    yield STARTED
     reader = open_video(Path(path))
     info = probe(reader)
     header: dict[str, Any] = {"info": info.as_dict(), "logmel": None, "missing": {}, "audio_sample_rate": None}
