@@ -138,12 +138,17 @@ def download_all(records: list[VideoRecord], plan: DownloadPlan) -> RunSummary:
         jobs = [FetchJob(record, str(plan.out), sources_for(record, plan), plan.mirror_url, plan.credentials,
                          str(plan.cookies) if plan.cookies else None, plan.settings) for record in todo]
         recorder = _Recorder(manifest, plan, summary)
+        if jobs and plan.workers:
+            from howto_prep.cluster import init_ray
+
+            init_ray(plan.address)  # before the MB/s clock starts: Ray's start-up is not download time
+        fetching_since = time.monotonic()
         progress = _progress_bar(len(jobs), plan.show_progress)
         results = _run_jobs(jobs, plan)
         try:
             for job, result in results:
                 recorder.record(job, result)
-                _update_progress(progress, summary, started)
+                _update_progress(progress, summary, fetching_since)
             recorder.finish()
         finally:
             results.close()
