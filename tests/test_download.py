@@ -149,8 +149,11 @@ def test_wrong_password_stops_the_run_in_one_line(library: Path, tmp_path: Path,
         code = cli_main(["download", "--ids", str(ids), "--out", str(out), "--source", "mirror",
                          "--mirror-url", mirror.url, "--credentials", str(wrong), "--workers", "2"])
         sent = sum(mirror.requests.values())
-    err = capsys.readouterr().err.strip().splitlines()
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
     assert code == 2 and err[-1].startswith("howto-prep: error: the mirror rejected the credentials")
+    assert PASSWORD not in captured.out + captured.err
+    assert_no_secret(files_under(out))
     assert sent <= AUTH_STOP_AFTER + 2  # a handful of requests, not one per video
     assert {row.status for row in manifest_rows(out).values()} == {"pending"}
     assert not list(out.glob("*/*.mp4"))
