@@ -43,6 +43,9 @@ def run_extract(args: argparse.Namespace) -> int:
     done = shards.finished_keys(out_dir)
     failed = {} if args.retry_failed else shards.read_failures(out_dir)
     todo = [(vid, path) for vid, path in videos.items() if vid not in done and vid not in failed]
+    for vid, path in [item for item in todo if "." in item[0]]:  # WebDataset keys cannot hold dots
+        shards.record_failure(out_dir, vid, "bad_id", f"{path.name}: a video id must not contain a dot")
+    todo = [item for item in todo if "." not in item[0]]
     if args.limit:
         todo = todo[:args.limit]
     print(f"extract: {len(videos)} videos found, {len(done & videos.keys())} already in shards, "
