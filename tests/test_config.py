@@ -81,3 +81,13 @@ def test_unknown_preset_and_bad_files(tmp_path):
         load_config(str(bad))
     with pytest.raises(UserError, match="unknown config section"):
         validate({"trian": {}})
+
+
+def test_paper_preset_builds_the_689m_parameter_model_on_the_meta_device():
+    import torch
+
+    from mft_train.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(load_config("eao_howto100m")["model"])
+    assert sum(p.numel() for p in model.parameters()) == 689_672_832  # REFERENCE: "about 689 M"
