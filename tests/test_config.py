@@ -88,6 +88,12 @@ def test_paper_preset_builds_the_689m_parameter_model_on_the_meta_device():
 
     from mft_train.models import build_model
 
+    from mft_train.models.eao import EAOConfig, EverythingAtOnce
+
     with torch.device("meta"):
-        model = build_model(load_config("eao_howto100m")["model"])
-    assert sum(p.numel() for p in model.parameters()) == 689_672_832  # REFERENCE: "about 689 M"
+        preset = build_model(load_config("eao_howto100m")["model"])
+        paper_defaults = EverythingAtOnce(EAOConfig())
+    count = sum(p.numel() for p in preset.parameters())
+    assert preset.config == paper_defaults.config  # the preset spells out the paper's sizes
+    assert count == sum(p.numel() for p in paper_defaults.parameters())
+    assert abs(count - 689e6) / 689e6 < 0.005  # REFERENCE: "about 689 M"
