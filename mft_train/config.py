@@ -70,6 +70,10 @@ CHECKED_LOSSES = ("combinatorial",)
 DEVICES = ("auto", "cpu", "cuda")
 
 
+# `--model NAME` without `--config` takes that model's paper preset.
+MODEL_PRESETS = {"eao": "eao_howto100m", "mcn": "mcn_howto100m"}
+
+
 def resolve_preset(name_or_path: str | None) -> Path:
     """A preset name (file in mft_train/configs) or a YAML path -> the file to load."""
     name = name_or_path or DEFAULT_PRESET
@@ -212,6 +216,8 @@ def _check_ranges(config: dict) -> None:
 
 def load_config(name_or_path: str | None, overrides: list[str] | None = None, model_name: str | None = None) -> dict:
     """Preset (or YAML path) + `--set` overrides (+ `--model`) -> validated config."""
+    if name_or_path is None and model_name is not None:
+        name_or_path = MODEL_PRESETS.get(model_name)
     path = resolve_preset(name_or_path)
     config = load_yaml(path)
     for override in overrides or []:

@@ -2,8 +2,8 @@
 
 The losses are rank-agnostic: under DDP the engine gathers embeddings and emptiness flags from all
 ranks (with gradients) before calling them, so the negatives span the global batch. MCN's MMS and
-clustering losses will live here too (`mms_loss`), sharing the same (N, N) similarity convention:
-row i = query i, column j = target j, the diagonal holds the positives.
+clustering losses live in `mft_train.mcn_losses` (re-exported here as `mms_loss`), sharing the same
+(N, N) similarity convention: row i = query i, column j = target j, the diagonal holds the positives.
 """
 
 from __future__ import annotations
@@ -80,3 +80,9 @@ def combinatorial_loss(
         zero = sum(out[key].float().sum() for key in ("t", "v", "a", "tv", "ta", "va") if key in out)
         return zero * 0.0, parts
     return weighted_sum / weight_total, parts
+
+
+from mft_train.mcn_losses import mms_loss  # noqa: E402  (MCN's loss, exposed where the paper API names it)
+
+__all__ = ["COMBINATORIAL_TERMS", "PRETRAIN_WEIGHTS", "norm_softmax_loss", "cosine_similarity_matrix",
+           "combinatorial_loss", "mms_loss"]

@@ -97,3 +97,11 @@ def test_paper_preset_builds_the_689m_parameter_model_on_the_meta_device():
     assert preset.config == paper_defaults.config  # the preset spells out the paper's sizes
     assert count == sum(p.numel() for p in paper_defaults.parameters())
     assert abs(count - 689e6) / 689e6 < 0.005  # REFERENCE: "about 689 M"
+
+
+def test_model_flag_without_config_takes_that_models_paper_preset():
+    mcn = load_config(None, model_name="mcn")
+    assert mcn["model"]["name"] == "mcn" and mcn["loss"]["name"] != "combinatorial"
+    assert load_config(None, model_name="eao")["loss"]["name"] == "combinatorial"
+    # An explicit preset wins over the model's default preset.
+    assert load_config("mcn_small", model_name="mcn")["model"]["name"] == "mcn"

@@ -10,7 +10,7 @@ MODEL_NAMES = ("eao", "mcn")
 
 
 def build_model(model_cfg: dict) -> nn.Module:
-    """Build the model named by model_cfg["name"] ("eao"; "mcn" later) with the remaining keys as sizes.
+    """Build the model named by model_cfg["name"] ("eao" or "mcn") with the remaining keys as sizes.
 
     Unknown names or settings raise UserError, so a typo in `--set model.x=...` fails loudly.
     """
@@ -21,5 +21,7 @@ def build_model(model_cfg: dict) -> nn.Module:
 
         return EverythingAtOnce(EAOConfig.from_dict(settings))
     if name == "mcn":
-        raise UserError("the MCN model is not available yet; use model.name=eao")
+        from mft_train.models.mcn import build_mcn
+
+        return build_mcn(settings)
     raise UserError(f"unknown model name {name!r}; expected one of {', '.join(MODEL_NAMES)}")
