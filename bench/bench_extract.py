@@ -67,11 +67,26 @@ def run_ours(path: Path, device: str) -> dict:
     return {"seconds": time.perf_counter() - started, "rows": rows, "logmel_frames": logmel_frames}
 
 
-def pyav_frames(path: Path, fps: float, short_side: int, crop: bool) -> np.ndarray:
-    """The whole video at `fps` (ffmpeg fps-filter choice), scaled by libswscale, as ONE float32 array."""
-    import av
+def fps_filter(frames, fps: float):
+    """Online ffmpeg `fps` filter over decoded PyAV frames: yields the frame shown at each output slot."""
+    current, slot, first, last, step = None, 0, None, 0.0, 0.0
+    for frame in frames:
+        t = float(frame.time)
+        first = t if first is None else first
+        rounded = math.floor((t - first) * fps + 0.5 + 1e-6)
+        while current is not None and slot < rounded:
+            yield current
+            slot += 1
+        current, step, last = frame, t - last if current is not None else step, t
+    stop = math.floor((last - first + step) * fps + 0.5 + 1e-6)
+    while current is not None and slot < stop:
+        yield current
+        slot += 1
 
-    from howto_prep.decode import output_count, select_frames
+
+def pyav_frames(path: Path, fps: float, short_side: int, crop: bool) -> np.ndarray:
+    """The whole video at `fps`, scaled by libswscale (like ffmpeg fps -> scale), as ONE float32 array."""
+    import av
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -79,13 +94,10 @@ def pyav_frames(path: Path, fps: float, short_side: int, crop: bool) -> np.ndarr
         scale = short_side / min(width, height)
         size = (round(width * scale / 2) * 2 if width > height else short_side,
                 round(height * scale / 2) * 2 if height > width else short_side)
-        decoded = [(float(f.time), f.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray())
-                   for f in container.decode(video=0)]
-    times = np.array([t for t, _ in decoded])
-    duration = times[-1] - times[0] + float(np.median(np.diff(times)))
-    picks = select_frames(times, fps, output_count(duration, fps))
-    video = np.stack([decoded[i][1] for i in picks]).astype(np.float32)  # the reference's float buffer
-    del decoded
+        picked = [f.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
+                  for f in fps_filter(container.decode(video=0), fps)]
+    video = np.stack(picked).astype(np.float32)  # the reference's whole-video float buffer
+    del picked
     if crop:
         top, left = (video.shape[1] - short_side) // 2, (video.shape[2] - short_side) // 2
         video = np.ascontiguousarray(video[:, top:top + short_side, left:left + short_side])
