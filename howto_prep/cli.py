@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     extract = sub.add_parser("extract", help="decode once and write 2D/3D/audio/text features to shards")
     extract.add_argument("--videos", type=Path, required=True)
-    extract.add_argument("--captions", type=Path, required=True, help="caption.json")
+    extract.add_argument("--captions", type=Path, help="caption.json (video-level sets; optional with clip annotations)")
     extract.add_argument("--word2vec", type=Path, required=True, help="word2vec .bin (GoogleNews format)")
     extract.add_argument("--out", type=Path, required=True)
     extract.add_argument("--csv", type=Path, help="HowTo100M_v1.csv for the category columns in meta.json")
@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     extract.add_argument("--retry-failed", action="store_true")
     extract.add_argument("--limit", type=positive_int)
+    clips = extract.add_argument_group("clip-level sets (evaluation / fine-tuning): one sample per annotated clip")
+    annotation = clips.add_mutually_exclusive_group()
+    annotation.add_argument("--youcook2", type=Path, help="youcookii_annotations_trainval.json")
+    annotation.add_argument("--msrvtt", type=Path, help="MSR-VTT videodatainfo.json")
+    annotation.add_argument("--clips", type=Path, help="clips.csv with video_id,start,end,caption")
+    clips.add_argument("--split", help="YouCook2: training|validation (default validation); MSR-VTT: train|validate|test")
+    clips.add_argument("--test-list", type=Path, help="MSR-VTT: a plain id list (e.g. the 1k-A test ids)")
     extract.set_defaults(handler="howto_prep.extract:run_extract")
 
     status = sub.add_parser("status", help="counts by status and failure kind for videos/ or shards/")

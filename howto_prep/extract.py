@@ -22,13 +22,13 @@ STREAM_BACKPRESSURE = 2  # unconsumed chunks a decode stream may hold
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from howto_prep import shards
-    from howto_prep.extract_sample import build_sample
+    """Video-level shard set, or (with --youcook2/--msrvtt/--clips) a clip-level one cut from it."""
+    from howto_prep.extract_clips import build_clip_set, clip_annotations
 
     names = list(args.features)
-    visual = [n for n in names if n in (schema.RESNET152.name, schema.RESNEXT101.name)]
+    clip_source = clip_annotations(args)
+    if clip_source is None and args.captions is None:
+        raise UserError("--captions caption.json is required (or --youcook2/--msrvtt/--clips for a clip-level set)")
     if schema.RESNET152.name in names:
         check_weights(args.weights_2d, "--weights-2d", ("imagenet", "random"))
     if schema.RESNEXT101.name in names:
@@ -36,9 +36,29 @@ def run_extract(args: argparse.Namespace) -> int:
     if not Path(args.word2vec).is_file():
         raise UserError(f"--word2vec {args.word2vec} does not exist")
     videos = find_videos(args.videos)
-    captions = load_captions(args.captions)
+    captions = load_captions(args.captions) if args.captions else {}
+    if clip_source is None:
+        vocab = load_vocabulary(args.word2vec) if schema.TOKENS_FEATURE in names else None
+        extract_videos(args, Path(args.out), videos, captions, vocab)
+        return 0
+    benchmark, clips = clip_source
+    vocab = load_vocabulary(args.word2vec)  # clip captions are always tokenised
+    build_clip_set(args, benchmark, clips, videos, captions, vocab,
+                   lambda out, wanted, wanted_captions: extract_videos(args, out, wanted, wanted_captions, vocab))
+    return 0
+
+
+def extract_videos(args: argparse.Namespace, out_dir: Path, videos: dict[str, Path], captions: dict[str, dict],
+                   vocab) -> None:
+    """Decode and embed `videos` into the video-level shard set `out_dir`; resumable, never fatal per video."""
+    from tqdm import tqdm
+
+    from howto_prep import shards
+    from howto_prep.extract_sample import build_sample
+
+    names = list(args.features)
+    visual = [n for n in names if n in (schema.RESNET152.name, schema.RESNEXT101.name)]
     csv_rows = load_csv_columns(getattr(args, "csv", None))
-    out_dir = Path(args.out)
     writer = shards.ShardWriter(out_dir, args.shard_size, getattr(args, "prefix", schema.DEFAULT_PREFIX))
     done = shards.finished_keys(out_dir)
     failed = {} if args.retry_failed else shards.read_failures(out_dir)
@@ -51,7 +71,6 @@ def run_extract(args: argparse.Namespace) -> int:
     print(f"extract: {len(videos)} videos found, {len(done & videos.keys())} already in shards, "
           f"{len(failed.keys() & videos.keys() - done)} skipped as failed"
           f"{' (use --retry-failed)' if failed else ''}, {len(todo)} to do", file=sys.stderr)
-    vocab = load_vocabulary(args.word2vec) if schema.TOKENS_FEATURE in names else None
     for name, spec in (("--weights-2d", args.weights_2d), ("--weights-3d", args.weights_3d)):
         if spec == "random" and ((name == "--weights-2d" and schema.RESNET152.name in names)
                                  or (name == "--weights-3d" and schema.RESNEXT101.name in names)):
@@ -91,7 +110,6 @@ def run_extract(args: argparse.Namespace) -> int:
     if notes:
         print(f"extract: {notes} video(s) not in caption.json were written with empty captions", file=sys.stderr)
     print(shards.summary_table(out_dir))
-    return 0
 
 
 def load_vocabulary(path: Path):
