@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--videos", type=positive_int, default=24, help="number of pretraining videos")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--heldout", type=positive_int, default=None,
+                       help="held-out videos for YouCook2/MSR-VTT-style evaluation (default: videos // 3, at most 8)")
+    synth.add_argument("--max-seconds", type=float, default=180.0, help="longest video (shortest: 10 s)")
     synth.set_defaults(handler="howto_prep.synthetic:run_synth")
 
     mirror = sub.add_parser("mirror", help="serve a video folder like the authors' mirror on 127.0.0.1")

@@ -50,6 +50,7 @@ from howto_prep.synth_word2vec import write_word2vec
 README_MARK = "howto-mft synthetic HowTo100M corpus"
 DEFAULT_VIDEOS = 24
 DEFAULT_HELDOUT = 8
+DEFAULT_MAX_SECONDS = 180.0
 HELDOUT_MAX_SECONDS = 60.0  # held-out videos stay short so the default corpus generates fast
 GENERATOR_VERSION = 1  # bump when the same seed would render different content
 SERIAL_BELOW_SECONDS = 60.0  # less video than this is encoded in-process
@@ -315,8 +316,12 @@ def load_corpus(root: Path) -> CorpusInfo:
 
 def run_synth(args: argparse.Namespace) -> int:
     """CLI handler: generate, then print a short summary."""
-    heldout = min(DEFAULT_HELDOUT, args.videos // 3)  # 24 videos -> 8 held-out; under 3 -> none
-    info = generate_corpus(args.out, videos=args.videos, seed=args.seed, heldout_videos=heldout)
+    heldout = args.heldout if args.heldout is not None else min(DEFAULT_HELDOUT, args.videos // 3)
+    max_seconds = getattr(args, "max_seconds", DEFAULT_MAX_SECONDS)
+    if max_seconds < 10:
+        raise UserError(f"--max-seconds {max_seconds:g}: videos are at least 10 s long")
+    info = generate_corpus(args.out, videos=args.videos, seed=args.seed, heldout_videos=heldout,
+                           max_seconds=max_seconds)
     truth = json.loads(info.truth.read_text())
     hours = sum(video["duration"] for video in truth["videos"]) / 3600
     held_hours = sum(video["duration"] for video in truth["heldout"]) / 3600

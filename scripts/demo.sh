@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO=${DEMO_DIR:-demo}
 VIDEOS=${DEMO_VIDEOS:-12}
+HELDOUT=${DEMO_HELDOUT:-8}
+MAX_SECONDS=${DEMO_MAX_SECONDS:-40}
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV=0
 
 stage() { printf '\n=== %s ===\n' "$*"; }
@@ -14,8 +16,8 @@ rm -rf "$DEMO"
 mkdir -p "$DEMO"
 start=$(date +%s)
 
-stage "1. synthetic HowTo100M corpus ($VIDEOS videos)"
-run howto-prep synth --out "$DEMO/corpus" --videos "$VIDEOS" --seed 0
+stage "1. synthetic HowTo100M corpus ($VIDEOS videos up to ${MAX_SECONDS} s, $HELDOUT held-out)"
+run howto-prep synth --out "$DEMO/corpus" --videos "$VIDEOS" --heldout "$HELDOUT" --max-seconds "$MAX_SECONDS" --seed 0
 ls "$DEMO/corpus"
 
 stage "2. loopback mirror (HTTP Basic auth, Range) on 127.0.0.1"
@@ -28,3 +30,35 @@ trap 'kill $MIRROR_PID 2>/dev/null || true' EXIT
 for _ in $(seq 50); do grep -q '^http://' "$DEMO/mirror.log" 2>/dev/null && break; sleep 0.2; done
 MIRROR_URL=$(grep -m1 '^http://' "$DEMO/mirror.log")
 echo "mirror serving $DEMO/corpus/videos at $MIRROR_URL (pid $MIRROR_PID)"
+
+stage "3. download from the mirror (Ray, resumable, manifest.sqlite)"
+run howto-prep download --ids "$DEMO/corpus/ids.txt" --out "$DEMO/videos" --source mirror \
+    --mirror-url "$MIRROR_URL" --credentials "$DEMO/credentials.txt" --workers 4
+run howto-prep status "$DEMO/videos"
+
+W2V="$DEMO/corpus/word2vec.bin"
+WEIGHTS=(--weights-2d random --weights-3d random)   # offline: real weights cannot be downloaded here
+
+stage "4. extract features once per video into WebDataset shards (random weights: offline demo)"
+run howto-prep extract --videos "$DEMO/videos" --captions "$DEMO/corpus/caption.json" --word2vec "$W2V" \
+    --csv "$DEMO/corpus/HowTo100M_v1.csv" --out "$DEMO/shards" "${WEIGHTS[@]}"
+run howto-prep extract --videos "$DEMO/corpus/heldout/videos" --word2vec "$W2V" "${WEIGHTS[@]}" \
+    --youcook2 "$DEMO/corpus/heldout/youcookii_annotations_trainval.json" --split training --out "$DEMO/yc2-train"
+run howto-prep extract --videos "$DEMO/corpus/heldout/videos" --word2vec "$W2V" "${WEIGHTS[@]}" \
+    --youcook2 "$DEMO/corpus/heldout/youcookii_annotations_trainval.json" --split validation --out "$DEMO/yc2-val"
+run howto-prep status "$DEMO/shards"
+
+stage "5. pretrain Everything-at-Once (small CPU preset) on the synthetic shards"
+run mft-train pretrain --shards "$DEMO/shards" --out "$DEMO/runs/pretrain" --config eao_small
+tail -n 1 "$DEMO/runs/pretrain/metrics.jsonl"
+
+stage "6. zero-shot retrieval on the held-out YouCook2-style validation clips"
+run mft-train evaluate --checkpoint "$DEMO/runs/pretrain" --shards "$DEMO/yc2-val" --json "$DEMO/zero-shot.json"
+
+stage "7. fine-tune (paper recipe: all six loss weights 1, BatchNorm frozen; small preset) and evaluate"
+run mft-train finetune --init "$DEMO/runs/pretrain" --shards "$DEMO/yc2-train" --eval-shards "$DEMO/yc2-val" \
+    --out "$DEMO/runs/finetune" --config eao_finetune_small
+run mft-train evaluate --checkpoint "$DEMO/runs/finetune/best.pt" --shards "$DEMO/yc2-val" --json "$DEMO/finetuned.json"
+
+stage "done in $(( $(date +%s) - start )) s"
+echo "outputs: $DEMO/ (corpus, videos + manifest.sqlite, shards, yc2-train, yc2-val, runs/, *.json + *.png)"

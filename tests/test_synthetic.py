@@ -279,3 +279,19 @@ def test_bad_out_is_one_line_exit_2(tmp_path):
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "--seed" in result.stderr
     with pytest.raises(UserError, match="at least 1"):
         generate_corpus(tmp_path / "none", videos=0)
+
+
+def test_cli_max_seconds_and_heldout_bound_the_corpus(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "small"
+    command = [sys.executable, "-m", "howto_prep.cli", "synth", "--out", str(out), "--videos", "2",
+               "--heldout", "0", "--max-seconds", "12"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-1000:]
+    truth = json.loads((out / "synth_truth.json").read_text())
+    assert len(truth["videos"]) == 2 and not truth["heldout"]
+    assert all(10 <= video["duration"] <= 12 for video in truth["videos"])
+    bad = subprocess.run(command[:-1] + ["9"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "at least 10 s" in bad.stderr and "Traceback" not in bad.stderr
