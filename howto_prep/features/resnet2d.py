@@ -90,7 +90,7 @@ class ResNet152Features:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
 
-        batch = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2)
+        batch = torch.from_numpy(np.require(frames, requirements=["C", "W"])).to(self.device).permute(0, 3, 1, 2)  # Ray hands read-only arrays
         resized = TF.resize(batch, [schema.SHORT_SIDE_2D], interpolation=InterpolationMode.BILINEAR,
                             antialias=True)
         pixels = resized.float().div_(255.0)

@@ -69,7 +69,7 @@ class ResNeXt101Features:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
 
-        batch = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2)
+        batch = torch.from_numpy(np.require(frames, requirements=["C", "W"])).to(self.device).permute(0, 3, 1, 2)  # Ray hands read-only arrays
         resized = TF.resize(batch, [schema.SIZE_3D], interpolation=InterpolationMode.BILINEAR, antialias=True)
         return TF.center_crop(resized, [schema.SIZE_3D, schema.SIZE_3D])
 
