@@ -46,10 +46,13 @@ def failure_of(err: BaseException) -> tuple[str, str]:
     """(kind, one-line text) for an exception raised in a decode task or an actor."""
     cause = getattr(err, "cause", None) or err
     kind = getattr(cause, "kind", None)
+    text = " ".join(str(cause).split())
     if kind is None:
         name = type(cause).__name__
-        kind = "worker_died" if "WorkerCrashed" in name or "ActorDied" in name else "error"
-    text = " ".join(str(cause).split())
+        if "OutOfMemory" in name or "running low on memory" in text:
+            kind = "out_of_memory"  # Ray's memory monitor killed the worker: retry with --retry-failed
+        else:
+            kind = "worker_died" if "WorkerCrashed" in name or "ActorDied" in name else "error"
     return kind, text[:800]
 
 
