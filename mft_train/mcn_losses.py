@@ -12,13 +12,13 @@ mean of its present modalities' embeddings ((v + a + t) / 3 when all three are p
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from howto_prep.errors import UserError
+from mft_train.settings import settings_from_dict
 from mft_train.kmeans import INITS, FeatureQueue, KMeans, assign_cosine
 
 MMS_PAIRS = {"t_v": ("t", "v"), "a_t": ("a", "t"), "a_v": ("a", "v")}
@@ -74,11 +74,7 @@ class MCNLossConfig:
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "MCNLossConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise UserError(f"unknown MCN loss setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        config = cls(**cfg)
+        config = settings_from_dict(cls, cfg, "MCN loss")
         if config.name != "mcn":
             raise UserError(f"loss.name must be mcn for the MCN loss, not {config.name!r}")
         for key in ("clusters", "queue_size", "refit_every", "kmeans_iters"):

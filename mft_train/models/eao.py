@@ -22,7 +22,6 @@ Parameter count of the paper preset (tests/test_models.py recomputes it by hand)
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from howto_prep.errors import UserError
+from mft_train.settings import settings_from_dict
 from howto_prep.schema import LOGMEL, RESNET152, RESNEXT101, WORD_DIM
 from mft_train.models.davenet import DAVENET_PRESETS, build_davenet, downsample_mask
 from mft_train.models.layers import FusionBlock, GatedEmbeddingUnit, masked_mean
@@ -61,11 +61,7 @@ class EAOConfig:
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "EAOConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise UserError(f"unknown EAO model setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        config = cls(**cfg)
+        config = settings_from_dict(cls, cfg, "EAO model")
         if config.width % config.heads != 0:
             raise UserError(f"model.width {config.width} must be divisible by model.heads {config.heads}")
         if config.davenet not in DAVENET_PRESETS:

@@ -25,13 +25,13 @@ Parameter count of the paper preset (tests/test_mcn.py recomputes it by hand on 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from howto_prep.errors import UserError
+from mft_train.settings import settings_from_dict
 from howto_prep.schema import LOGMEL, RESNET152, RESNEXT101, WORD_DIM
 from mft_train.models.davenet import DAVENET_PRESETS, build_davenet, downsample_mask
 from mft_train.models.eao import check_batch
@@ -57,11 +57,7 @@ class MCNConfig:
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "MCNConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise UserError(f"unknown MCN model setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        config = cls(**cfg)
+        config = settings_from_dict(cls, cfg, "MCN model")
         for key in ("video_dim", "text_dim", "audio_mels", "embed_dim", "audio_hidden", "recon_hidden"):
             if getattr(config, key) <= 0:
                 raise UserError(f"model.{key} must be positive, got {getattr(config, key)}")
