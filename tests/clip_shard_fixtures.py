@@ -9,7 +9,6 @@ fine-tuned model generalise, a set of another world does not.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -17,18 +16,10 @@ import numpy as np
 import webdataset as wds
 
 from howto_prep import schema
+from howto_prep.shards import npy_bytes
+from shard_fixtures import unit_rows
 
 WORDS_PER_TOPIC = 6
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def _unit_rows(rows: np.ndarray) -> np.ndarray:
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
 def make_world(topics: int, world_seed: int) -> dict:
@@ -47,8 +38,8 @@ def make_clip(rng: np.random.Generator, world: dict, clip_id: str, topic: int, l
               with_audio: bool, with_words: bool) -> dict[str, bytes]:
     """One clip sample (field -> bytes) about `topic`, `length` seconds long."""
     t2, t3, frames = int(np.ceil(length)), int(np.ceil(length * 1.5)), int(round(length * 100))
-    resnet = _unit_rows(world["2d"][topic] + 0.6 * rng.standard_normal((t2, 2048)))
-    resnext = _unit_rows(world["3d"][topic] + 0.6 * rng.standard_normal((t3, 2048)))
+    resnet = unit_rows(world["2d"][topic] + 0.6 * rng.standard_normal((t2, 2048)))
+    resnext = unit_rows(world["3d"][topic] + 0.6 * rng.standard_normal((t3, 2048)))
     topic_words = world["w2v_ids"][topic * WORDS_PER_TOPIC : (topic + 1) * WORDS_PER_TOPIC]
     per_sentence = [rng.choice(topic_words, size=int(rng.integers(3, 8))) if with_words else np.zeros(0, np.int64)
                     for _ in range(sentences)]
@@ -64,16 +55,16 @@ def make_clip(rng: np.random.Generator, world: dict, clip_id: str, topic: int, l
     sample = {
         "__key__": clip_id,
         schema.META_FIELD: json.dumps(meta).encode(),
-        schema.RESNET152.field: _npy(resnet.astype(np.float16)),
-        schema.RESNEXT101.field: _npy(resnext.astype(np.float16)),
+        schema.RESNET152.field: npy_bytes(resnet.astype(np.float16)),
+        schema.RESNEXT101.field: npy_bytes(resnext.astype(np.float16)),
         schema.CAPTIONS_FIELD: json.dumps({"start": [0.0] * sentences, "end": [length] * sentences,
                                            "text": [f"sentence {i}" for i in range(sentences)]}).encode(),
-        schema.TOKENS_FIELD: _npy(tokens),
-        schema.TOKEN_OFFSETS_FIELD: _npy(offsets),
+        schema.TOKENS_FIELD: npy_bytes(tokens),
+        schema.TOKEN_OFFSETS_FIELD: npy_bytes(offsets),
     }
     if with_audio:
         pattern = world["audio"][topic][:, None] + 8 * rng.standard_normal((schema.LOGMEL.dim, frames))
-        sample[schema.LOGMEL.field] = _npy(np.clip(pattern, -80, 0).astype(np.float16))
+        sample[schema.LOGMEL.field] = npy_bytes(np.clip(pattern, -80, 0).astype(np.float16))
     return sample
 
 

@@ -7,7 +7,6 @@ Reusable by any test: `write_shard_set(tmp_path / "shards", videos=12)`.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -15,17 +14,12 @@ import numpy as np
 import webdataset as wds
 
 from howto_prep import schema
+from howto_prep.shards import npy_bytes
 
 WORDS_PER_TOPIC = 6
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def _unit_rows(rows: np.ndarray) -> np.ndarray:
+def unit_rows(rows: np.ndarray) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
@@ -45,8 +39,8 @@ def make_video(rng: np.random.Generator, video_id: str, topic: int, prototypes: 
     """One WebDataset sample (field -> bytes) of a video about `topic`."""
     t2, t3, frames = int(np.ceil(duration)), int(np.ceil(duration * 1.5)), int(duration * 100)
     noise = 0.6
-    resnet = _unit_rows(prototypes["2d"][topic] + noise * rng.standard_normal((t2, 2048)))
-    resnext = _unit_rows(prototypes["3d"][topic] + noise * rng.standard_normal((t3, 2048)))
+    resnet = unit_rows(prototypes["2d"][topic] + noise * rng.standard_normal((t2, 2048)))
+    resnext = unit_rows(prototypes["3d"][topic] + noise * rng.standard_normal((t3, 2048)))
     starts, ends = caption_timeline(rng, duration)
     topic_words = w2v_ids[topic * WORDS_PER_TOPIC : (topic + 1) * WORDS_PER_TOPIC]
     per_caption = [rng.choice(topic_words, size=int(rng.integers(0, 5))) for _ in starts]
@@ -64,15 +58,15 @@ def make_video(rng: np.random.Generator, video_id: str, topic: int, prototypes: 
     sample = {
         "__key__": video_id,
         schema.META_FIELD: json.dumps(meta).encode(),
-        schema.RESNET152.field: _npy(resnet.astype(np.float16)),
-        schema.RESNEXT101.field: _npy(resnext.astype(np.float16)),
+        schema.RESNET152.field: npy_bytes(resnet.astype(np.float16)),
+        schema.RESNEXT101.field: npy_bytes(resnext.astype(np.float16)),
         schema.CAPTIONS_FIELD: json.dumps({"start": starts, "end": ends, "text": [f"caption {i}" for i in range(len(starts))]}).encode(),
-        schema.TOKENS_FIELD: _npy(tokens),
-        schema.TOKEN_OFFSETS_FIELD: _npy(offsets),
+        schema.TOKENS_FIELD: npy_bytes(tokens),
+        schema.TOKEN_OFFSETS_FIELD: npy_bytes(offsets),
     }
     if with_audio:
         pattern = prototypes["audio"][topic][:, None] + 8 * rng.standard_normal((schema.LOGMEL.dim, frames))
-        sample[schema.LOGMEL.field] = _npy(np.clip(pattern, -80, 0).astype(np.float16))
+        sample[schema.LOGMEL.field] = npy_bytes(np.clip(pattern, -80, 0).astype(np.float16))
     return sample
 
 
