@@ -79,8 +79,9 @@ def existing_final(out: Path, video_id: str) -> Path | None:
 
 def probe_video(path: Path) -> float:
     """Open with decord, decode the first frame, return the duration in seconds; FetchError(bad_media) if not a video."""
-    import decord
+    from howto_prep.decode import import_decord  # the one safe import order (decord after torch)
 
+    decord = import_decord()
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
         frames = len(reader)
