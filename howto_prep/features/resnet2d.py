@@ -75,10 +75,8 @@ class ResNet152Features:
         self.channels_last = channels_last
         state, sha256 = resolve_weights(weights)
         model = weights_util.build_with_weights(build_trunk, state, OPTION, ignore_prefixes=("fc.",))
-        model.eval().to(self.device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
+        self.model = weights_util.ready_for_inference(model, self.device,
+                                                      torch.channels_last if channels_last else None)
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         self.info: dict[str, Any] = {"model": MODEL_NAME, "weights": str(weights), "weights_sha256": sha256,
@@ -86,13 +84,11 @@ class ResNet152Features:
 
     def preprocess(self, frames: np.ndarray) -> Any:
         """uint8 (N, H, W, 3) -> float (N, 3, h, w): short side 224, no crop, ImageNet-normalised."""
-        import torch
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
 
-        batch = torch.from_numpy(np.require(frames, requirements=["C", "W"])).to(self.device).permute(0, 3, 1, 2)  # Ray hands read-only arrays
-        resized = TF.resize(batch, [schema.SHORT_SIDE_2D], interpolation=InterpolationMode.BILINEAR,
-                            antialias=True)
+        batch = weights_util.frames_to_tensor(frames, self.device)
+        resized = TF.resize(batch, [schema.SHORT_SIDE_2D], interpolation=InterpolationMode.BILINEAR, antialias=True)
         pixels = resized.float().div_(255.0)
         return (pixels - self.mean) / self.std
 

@@ -55,21 +55,18 @@ class ResNeXt101Features:
         state, sha256 = resolve_weights(weights)
         model = weights_util.build_with_weights(build_model, state, OPTION, ignore_prefixes=("fc.",))
         model.fc = None  # never used: the feature is the pooled trunk output
-        model.eval().to(self.device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
-        self.model = model
+        self.model = weights_util.ready_for_inference(model, self.device,
+                                                      torch.channels_last_3d if channels_last else None)
         self.mean = torch.tensor(KINETICS_MEAN, device=self.device).view(1, 3, 1, 1, 1)
         self.info: dict[str, Any] = {"model": MODEL_NAME, "weights": str(weights), "weights_sha256": sha256,
                                      "rate": schema.RESNEXT101.rate, "dim": schema.RESNEXT101.dim}
 
     def resize_and_crop(self, frames: np.ndarray) -> Any:
         """uint8 (N, H, W, 3) -> uint8 (N, 3, 112, 112): short side 112, then the central square."""
-        import torch
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
 
-        batch = torch.from_numpy(np.require(frames, requirements=["C", "W"])).to(self.device).permute(0, 3, 1, 2)  # Ray hands read-only arrays
+        batch = weights_util.frames_to_tensor(frames, self.device)
         resized = TF.resize(batch, [schema.SIZE_3D], interpolation=InterpolationMode.BILINEAR, antialias=True)
         return TF.center_crop(resized, [schema.SIZE_3D, schema.SIZE_3D])
 

@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
+import numpy as np
+
 from howto_prep.errors import UserError
 
 RANDOM = "random"
@@ -142,6 +144,20 @@ def build_with_weights(build: Callable[[], Any], named_state: NamedState | None,
 
 
 # --- Inference helpers shared by the two visual models -------------------------------------------
+
+def ready_for_inference(model: Any, device: Any, memory_format: Any | None) -> Any:
+    """Eval mode on `device`, in `memory_format` (channels_last / channels_last_3d) when given."""
+    model.eval().to(device)
+    return model if memory_format is None else model.to(memory_format=memory_format)
+
+
+def frames_to_tensor(frames: np.ndarray, device: Any) -> Any:
+    """uint8 (N, H, W, 3) -> uint8 tensor (N, 3, H, W) on `device`; Ray hands read-only arrays, so
+    an unwritable array is copied once rather than shared with torch."""
+    import torch
+
+    return torch.from_numpy(np.require(frames, requirements=["C", "W"])).to(device).permute(0, 3, 1, 2)
+
 
 def resolve_half(half: bool | None, device: str) -> bool:
     """Default: reduced precision on CUDA (fp16 autocast), full float32 on CPU."""
