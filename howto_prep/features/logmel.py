@@ -39,8 +39,7 @@ def logmel_float32(audio: np.ndarray, sample_rate: int = schema.AUDIO_SAMPLE_RAT
     import torch
 
     signal = check_audio(audio, sample_rate)
-    emphasised = pre_emphasis(signal - np.float32(signal.mean(dtype=np.float64)))
-    padded = np.pad(emphasised, N_FFT // 2, mode="reflect")
+    padded = emphasised_and_padded(signal)
     frames = 1 + len(signal) // HOP
     window = torch.hamming_window(N_FFT, periodic=True, dtype=torch.float64)
     filterbank = mel_filterbank(sample_rate)
@@ -66,11 +65,29 @@ def check_audio(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return signal.astype(np.float32, copy=False)
 
 
-def pre_emphasis(signal: np.ndarray) -> np.ndarray:
+def emphasised_and_padded(signal: np.ndarray) -> np.ndarray:
+    """DC removed, pre-emphasised, reflect-padded by N_FFT // 2 on each side, written into ONE
+    float32 buffer (a 2,000 s soundtrack is 128 MB; numpy temporaries would triple that)."""
+    pad = N_FFT // 2
+    padded = np.empty(len(signal) + 2 * pad, dtype=np.float32)
+    middle = padded[pad:pad + len(signal)]
+    pre_emphasis(signal, out=middle)
+    middle -= np.float32((1.0 - PRE_EMPHASIS) * signal.mean(dtype=np.float64))  # DC, pre-emphasised
+    middle[0] -= np.float32(PRE_EMPHASIS * signal.mean(dtype=np.float64))  # y[0] = x[0] - mean
+    reflect = min(pad, len(signal) - 1)
+    if reflect < pad:  # shorter than the pad: numpy's repeated reflection
+        return np.pad(middle.copy(), pad, mode="reflect")
+    padded[:pad] = middle[pad:0:-1]
+    padded[pad + len(signal):] = middle[-2:-pad - 2:-1]
+    return padded
+
+
+def pre_emphasis(signal: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """y[t] = x[t] - 0.97 x[t-1], y[0] = x[0]."""
-    emphasised = np.empty_like(signal, dtype=np.float32)
+    emphasised = np.empty_like(signal, dtype=np.float32) if out is None else out
     emphasised[0] = signal[0]
-    emphasised[1:] = signal[1:] - PRE_EMPHASIS * signal[:-1]
+    np.multiply(signal[:-1], -PRE_EMPHASIS, out=emphasised[1:], dtype=np.float32)
+    emphasised[1:] += signal[1:]
     return emphasised
 
 
