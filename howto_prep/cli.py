@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     extract = sub.add_parser("extract", help="decode once and write 2D/3D/audio/text features to shards")
     extract.add_argument("--videos", type=Path, required=True)
     extract.add_argument("--captions", type=Path, help="caption.json (video-level sets; optional with clip annotations)")
-    extract.add_argument("--word2vec", type=Path, required=True, help="word2vec .bin (GoogleNews format)")
+    extract.add_argument("--word2vec", type=Path,
+                         help="word2vec .bin (GoogleNews format); needed for the tokens feature and clip-level sets")
     extract.add_argument("--out", type=Path, required=True)
     extract.add_argument("--csv", type=Path, help="HowTo100M_v1.csv for the category columns in meta.json")
     extract.add_argument("--gpus", type=positive_int, default=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from howto_prep import schema
@@ -33,7 +34,9 @@ def run_extract(args: argparse.Namespace) -> int:
         check_weights(args.weights_2d, "--weights-2d", ("imagenet", "random"))
     if schema.RESNEXT101.name in names:
         check_weights(args.weights_3d, "--weights-3d", ("random",))
-    if not Path(args.word2vec).is_file():
+    if args.word2vec is None and (clip_source is not None or schema.TOKENS_FEATURE in names):
+        raise UserError("--word2vec FILE.bin is required to tokenise captions (or leave tokens out of --features)")
+    if args.word2vec is not None and not Path(args.word2vec).is_file():
         raise UserError(f"--word2vec {args.word2vec} does not exist")
     videos = find_videos(args.videos)
     captions = load_captions(args.captions) if args.captions else {}
@@ -80,7 +83,10 @@ def extract_videos(args: argparse.Namespace, out_dir: Path, videos: dict[str, Pa
     if todo:
         from howto_prep.extract_pipeline import run_pipeline
 
+        started = time.perf_counter()
         actors, feature_info, decode = start_ray(args, names, visual)
+        ready = time.perf_counter()
+        written, video_seconds = 0, 0.0
         max_videos = args.workers or max(1, int(_ray_cpus()) - args.gpus)
         timeout_s = float(os.environ.get("HOWTO_PREP_DECODE_TIMEOUT", DEFAULT_TIMEOUT_S))
         outcomes = run_pipeline(todo, decode, actors, max_videos=max_videos,
@@ -101,6 +107,11 @@ def extract_videos(args: argparse.Namespace, out_dir: Path, videos: dict[str, Pa
                     continue
                 notes += bool(sample.notes)
                 writer.write(sample.key, sample.fields, sample.token_ids, sample.duration)
+                written, video_seconds = written + 1, video_seconds + sample.duration
+        elapsed = time.perf_counter() - ready
+        print(f"extract: {written} videos, {video_seconds:.0f} video-s in {elapsed:.1f} s "
+              f"({video_seconds / max(elapsed, 1e-9):.2f} video-s/s) after {ready - started:.1f} s of start-up "
+              "(Ray and the model actors)", file=sys.stderr)
     writer.close()
     if vocab is not None:
         from howto_prep.features.tokens import write_vocab
@@ -143,7 +154,7 @@ def start_ray(args: argparse.Namespace, names: list[str], visual: list[str]):
         _, text = failure_of(err)
         raise UserError(f"the feature models could not be loaded: {text}") from None
     feature_info[schema.LOGMEL.name] = LOGMEL_INFO
-    feature_info[schema.TOKENS_FEATURE] = {"model": "word2vec ids, regex [\\w']+", "weights": Path(args.word2vec).name,
+    feature_info[schema.TOKENS_FEATURE] = {"model": "word2vec ids, regex [\\w']+", "weights": Path(args.word2vec).name if args.word2vec else None,
                                            "rate": None, "dim": schema.WORD_DIM}
     want_1 = schema.RESNET152.name in names
     want_24 = schema.RESNEXT101.name in names

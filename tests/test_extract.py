@@ -217,6 +217,27 @@ def test_bad_arguments_are_one_line_errors(corpus: dict) -> None:
     bad_weights[bad_weights.index("--weights-2d") + 1] = str(corpus["root"] / "nope.pth")
     result = cli(*bad_weights)
     assert result.returncode == 2 and "nope.pth" in result.stderr and "Traceback" not in result.stderr
+    no_words = extract_args(corpus, corpus["videos"], corpus["root"] / "x")
+    del no_words[no_words.index("--word2vec"):no_words.index("--word2vec") + 2]
+    result = cli(*no_words)  # tokens are among the default features
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "--word2vec" in result.stderr
+
+
+def test_audio_only_run_needs_no_word2vec(corpus: dict, tmp_path: Path) -> None:
+    """Without tokens among the features nothing reads --word2vec, so it may be left out."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for key in corpus["good_ids"][:2]:
+        os.link(next(corpus["videos"].rglob(f"{key}.mp4")), videos / f"{key}.mp4")
+    args = extract_args(corpus, videos, tmp_path / "shards", "--features", "logmel")
+    del args[args.index("--word2vec"):args.index("--word2vec") + 2]
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    samples = {s["__key__"]: s for s in shards.iterate_samples(tmp_path / "shards")}
+    assert sorted(samples) == sorted(corpus["good_ids"][:2])
+    for key, sample in samples.items():
+        assert schema.TOKENS_FIELD not in sample
+        assert np.array_equal(sample[schema.LOGMEL.field], corpus["samples"][key][schema.LOGMEL.field])
 
 
 def test_kill_9_then_rerun_gives_the_clean_samples(corpus: dict, tmp_path: Path) -> None:
