@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import tarfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ def test_rollover_json_and_index(tmp_path: Path) -> None:
 
 def test_samples_read_back_with_webdataset_and_wids(tmp_path: Path) -> None:
     import wids
+    from wids.wids_decode import default_decoder
 
     write_videos(tmp_path, [3, 4, 5], max_bytes=10**9)
     by_key = {s["__key__"]: s for s in shards.iterate_samples(tmp_path)}
@@ -59,7 +61,8 @@ def test_samples_read_back_with_webdataset_and_wids(tmp_path: Path) -> None:
     expected = np.random.default_rng(4).standard_normal((8, 2048)).astype(np.float16)
     np.testing.assert_array_equal(by_key["vid4"][schema.RESNET152.field], expected)
     assert by_key["vid4"][schema.META_FIELD] == {"video_id": "v4"}
-    dataset = wids.ShardListDataset(str(tmp_path / schema.INDEX_FILE), cache_dir=str(tmp_path / "cache"))
+    dataset = wids.ShardListDataset(str(tmp_path / schema.INDEX_FILE), cache_dir=str(tmp_path / "cache"),
+                                    transformations=partial(default_decoder, format="numpy"))
     assert len(dataset) == 3
     assert dataset[1]["__key__"] == "vid4"
     np.testing.assert_array_equal(dataset[1][".resnet152.npy"], expected)  # wids decodes .npy
