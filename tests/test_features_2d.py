@@ -19,12 +19,7 @@ TIMESTAMPS = (0.5, 1.5, 2.5)
 IMAGENET_FILE = "resnet152-394f9c45.pth"  # torchvision's cache name for IMAGENET1K_V1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 def moving_shapes(width: int, height: int, seconds: float, fps: int) -> list[np.ndarray]:
@@ -138,7 +133,7 @@ def test_random_weights_are_loud_deterministic_and_shaped():
     for (name, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values()):
         assert torch.equal(a, b), name
     frames = np.stack(moving_shapes(640, 360, 0.25, FPS))  # 2 frames, 16:9
-    assert tuple(first.preprocess(frames).shape) == (2, 3, 224, 398)
+    assert tuple(first.prepare(frames).shape) == (2, 3, 224, 398)
     features = first(frames[:1])
     assert features.shape == (1, 2048) and features.dtype == np.float16 and np.isfinite(features).all()
     assert first(frames[:0]).shape == (0, 2048)

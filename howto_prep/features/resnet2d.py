@@ -14,6 +14,7 @@ import numpy as np
 from howto_prep import schema
 from howto_prep.errors import UserError
 from howto_prep.features import weights as weights_util
+from howto_prep.features.frame_model import FrameFeatureModel, frames_to_tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,55 +63,29 @@ def resolve_weights(spec: str) -> tuple[weights_util.NamedState | None, str | No
         weights_util.sha256_file(path)
 
 
-class ResNet152Features:
+class ResNet152Features(FrameFeatureModel):
     """Frames (N, H, W, 3) uint8 RGB, one per second -> (N, 2048) float16 L2-normalised rows."""
+
+    dim = schema.RESNET152.dim
 
     def __init__(self, weights: str = "imagenet", device: str = "cpu", batch_size: int = 16,
                  half: bool | None = None, channels_last: bool = True) -> None:
         import torch
 
-        self.device = torch.device(device)
-        self.batch_size = max(1, int(batch_size))
-        self.half = weights_util.resolve_half(half, str(device))
-        self.channels_last = channels_last
         state, sha256 = resolve_weights(weights)
         model = weights_util.build_with_weights(build_trunk, state, OPTION, ignore_prefixes=("fc.",))
-        self.model = weights_util.ready_for_inference(model, self.device,
-                                                      torch.channels_last if channels_last else None)
+        super().__init__(model, device, batch_size, half, torch.channels_last if channels_last else None,
+                         {"model": MODEL_NAME, "weights": str(weights), "weights_sha256": sha256,
+                          "rate": schema.RESNET152.rate, "dim": schema.RESNET152.dim})
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-        self.info: dict[str, Any] = {"model": MODEL_NAME, "weights": str(weights), "weights_sha256": sha256,
-                                     "rate": schema.RESNET152.rate, "dim": schema.RESNET152.dim}
 
-    def preprocess(self, frames: np.ndarray) -> Any:
+    def prepare(self, frames: np.ndarray) -> Any:
         """uint8 (N, H, W, 3) -> float (N, 3, h, w): short side 224, no crop, ImageNet-normalised."""
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
 
-        batch = weights_util.frames_to_tensor(frames, self.device)
+        batch = frames_to_tensor(frames, self.device)
         resized = TF.resize(batch, [schema.SHORT_SIDE_2D], interpolation=InterpolationMode.BILINEAR, antialias=True)
         pixels = resized.float().div_(255.0)
         return (pixels - self.mean) / self.std
-
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        import torch
-
-        frames = check_frames(frames)
-        if len(frames) == 0:
-            return np.zeros((0, schema.RESNET152.dim), dtype=np.float16)
-        outputs = []
-        with torch.inference_mode(), weights_util.autocast_for(str(self.device), self.half):
-            for start in range(0, len(frames), self.batch_size):
-                batch = self.preprocess(frames[start:start + self.batch_size])
-                if self.channels_last:
-                    batch = batch.contiguous(memory_format=torch.channels_last)
-                outputs.append(weights_util.l2_normalised_float16(self.model(batch)))
-        return np.concatenate(outputs, axis=0)
-
-
-def check_frames(frames: np.ndarray) -> np.ndarray:
-    """A clear error for anything but uint8 RGB (N, H, W, 3)."""
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise UserError(f"expected uint8 RGB frames of shape (N, H, W, 3), got {frames.dtype} {frames.shape}")
-    return frames

@@ -15,7 +15,7 @@ import numpy as np
 
 from howto_prep import schema
 from howto_prep.features import weights as weights_util
-from howto_prep.features.resnet2d import check_frames
+from howto_prep.features.frame_model import FrameFeatureModel, frames_to_tensor
 
 KINETICS_MEAN = (110.63, 103.16, 96.29)
 MODEL_NAME = "resnext101-3d (Hara et al., Kinetics-400) trunk+avgpool"
@@ -38,35 +38,39 @@ def resolve_weights(spec: str) -> tuple[weights_util.NamedState | None, str | No
         weights_util.sha256_file(path)
 
 
-class ResNeXt101Features:
+class ResNeXt101Features(FrameFeatureModel):
     """Frames (N, H, W, 3) uint8 RGB at 24 fps -> (ceil(N / 16), 2048) float16 L2-normalised rows.
 
     Callers pass chunks whose length is a multiple of 16, except for the last chunk of a video.
     """
 
+    dim = schema.RESNEXT101.dim
+
     def __init__(self, weights: str = "random", device: str = "cpu", batch_size: int = 8,
                  half: bool | None = None, channels_last: bool = True) -> None:
         import torch
 
-        self.device = torch.device(device)
-        self.batch_size = max(1, int(batch_size))
-        self.half = weights_util.resolve_half(half, str(device))
-        self.channels_last = channels_last
         state, sha256 = resolve_weights(weights)
         model = weights_util.build_with_weights(build_model, state, OPTION, ignore_prefixes=("fc.",))
         model.fc = None  # never used: the feature is the pooled trunk output
-        self.model = weights_util.ready_for_inference(model, self.device,
-                                                      torch.channels_last_3d if channels_last else None)
+        super().__init__(model, device, batch_size, half, torch.channels_last_3d if channels_last else None,
+                         {"model": MODEL_NAME, "weights": str(weights), "weights_sha256": sha256,
+                          "rate": schema.RESNEXT101.rate, "dim": schema.RESNEXT101.dim})
         self.mean = torch.tensor(KINETICS_MEAN, device=self.device).view(1, 3, 1, 1, 1)
-        self.info: dict[str, Any] = {"model": MODEL_NAME, "weights": str(weights), "weights_sha256": sha256,
-                                     "rate": schema.RESNEXT101.rate, "dim": schema.RESNEXT101.dim}
+
+    @property
+    def frames_per_batch(self) -> int:
+        return self.batch_size * schema.CLIP_LEN_3D
+
+    def prepare(self, frames: np.ndarray) -> Any:
+        return self.clips(frames)
 
     def resize_and_crop(self, frames: np.ndarray) -> Any:
         """uint8 (N, H, W, 3) -> uint8 (N, 3, 112, 112): short side 112, then the central square."""
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
 
-        batch = weights_util.frames_to_tensor(frames, self.device)
+        batch = frames_to_tensor(frames, self.device)
         resized = TF.resize(batch, [schema.SIZE_3D], interpolation=InterpolationMode.BILINEAR, antialias=True)
         return TF.center_crop(resized, [schema.SIZE_3D, schema.SIZE_3D])
 
@@ -82,19 +86,3 @@ class ResNeXt101Features:
             pixels = torch.cat([pixels, pixels.new_zeros((missing, *pixels.shape[1:]))])
         grouped = pixels.view(count, length, 3, schema.SIZE_3D, schema.SIZE_3D).permute(0, 2, 1, 3, 4)
         return grouped.float() - self.mean
-
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        import torch
-
-        frames = check_frames(frames)
-        if len(frames) == 0:
-            return np.zeros((0, schema.RESNEXT101.dim), dtype=np.float16)
-        frames_per_batch = self.batch_size * schema.CLIP_LEN_3D
-        outputs = []
-        with torch.inference_mode(), weights_util.autocast_for(str(self.device), self.half):
-            for start in range(0, len(frames), frames_per_batch):
-                batch = self.clips(frames[start:start + frames_per_batch])
-                if self.channels_last:
-                    batch = batch.contiguous(memory_format=torch.channels_last_3d)
-                outputs.append(weights_util.l2_normalised_float16(self.model(batch)))
-        return np.concatenate(outputs, axis=0)

@@ -15,8 +15,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
-import numpy as np
-
 from howto_prep.errors import UserError
 
 RANDOM = "random"
@@ -142,42 +140,3 @@ def build_with_weights(build: Callable[[], Any], named_state: NamedState | None,
     load_strict(model, named_state.state, Path(named_state.source), option, ignore_prefixes)
     return model
 
-
-# --- Inference helpers shared by the two visual models -------------------------------------------
-
-def ready_for_inference(model: Any, device: Any, memory_format: Any | None) -> Any:
-    """Eval mode on `device`, in `memory_format` (channels_last / channels_last_3d) when given."""
-    model.eval().to(device)
-    return model if memory_format is None else model.to(memory_format=memory_format)
-
-
-def frames_to_tensor(frames: np.ndarray, device: Any) -> Any:
-    """uint8 (N, H, W, 3) -> uint8 tensor (N, 3, H, W) on `device`; Ray hands read-only arrays, so
-    an unwritable array is copied once rather than shared with torch."""
-    import torch
-
-    return torch.from_numpy(np.require(frames, requirements=["C", "W"])).to(device).permute(0, 3, 1, 2)
-
-
-def resolve_half(half: bool | None, device: str) -> bool:
-    """Default: reduced precision on CUDA (fp16 autocast), full float32 on CPU."""
-    return str(device).startswith("cuda") if half is None else bool(half)
-
-
-def autocast_for(device: str, half: bool) -> contextlib.AbstractContextManager:
-    """fp16 autocast on CUDA, bf16 on CPU (only when asked), or nothing."""
-    import torch
-
-    if not half:
-        return contextlib.nullcontext()
-    device_type = "cuda" if str(device).startswith("cuda") else "cpu"
-    dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device_type, dtype=dtype)
-
-
-def l2_normalised_float16(features: Any) -> Any:
-    """Rows scaled to unit length in float32, then cast to float16 (the shard dtype)."""
-    import torch
-
-    rows = torch.nn.functional.normalize(features.float(), dim=1)
-    return rows.to(torch.float16).cpu().numpy()
