@@ -34,10 +34,8 @@ from howto_prep.errors import UserError
 from mft_train.settings import settings_from_dict
 from howto_prep.schema import LOGMEL, RESNET152, RESNEXT101, WORD_DIM
 from mft_train.models.davenet import DAVENET_PRESETS, build_davenet, downsample_mask
-from mft_train.models.eao import check_batch
+from mft_train.models.eao import SHORT, check_batch
 from mft_train.models.layers import GatedEmbeddingUnit, masked_mean
-
-MODALITY_KEYS = {"text": "t", "video": "v", "audio": "a"}
 
 
 @dataclass(frozen=True)
@@ -123,14 +121,14 @@ class MCN(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         check_batch(batch, self.config)  # reads text_dim, video_dim, audio_mels, which MCNConfig shares
         dtype = self.word_proj.weight.dtype  # float16 features straight from the shards are accepted
-        masks = {m: batch[f"{m}_mask"].bool() for m in MODALITY_KEYS}
+        masks = {m: batch[f"{m}_mask"].bool() for m in SHORT}
         encoded = {
             "v": self.encode_video(batch["video"].to(dtype), masks["video"]),
             "a": self.encode_audio(batch["audio"].to(dtype), masks["audio"]),
             "t": self.encode_text(batch["text"].to(dtype), masks["text"]),
         }
         out: dict[str, torch.Tensor] = {}
-        for modality, key in MODALITY_KEYS.items():
+        for modality, key in SHORT.items():
             embedding, target = encoded[key]
             out[key] = embedding
             out[f"{key}_empty"] = ~masks[modality].any(dim=1)
