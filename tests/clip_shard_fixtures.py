@@ -16,8 +16,7 @@ import numpy as np
 import webdataset as wds
 
 from howto_prep import schema
-from howto_prep.shards import npy_bytes
-from shard_fixtures import unit_rows
+from shard_fixtures import sample_fields, topic_rows
 
 WORDS_PER_TOPIC = 6
 
@@ -38,13 +37,10 @@ def make_clip(rng: np.random.Generator, world: dict, clip_id: str, topic: int, l
               with_audio: bool, with_words: bool) -> dict[str, bytes]:
     """One clip sample (field -> bytes) about `topic`, `length` seconds long."""
     t2, t3, frames = int(np.ceil(length)), int(np.ceil(length * 1.5)), int(round(length * 100))
-    resnet = unit_rows(world["2d"][topic] + 0.6 * rng.standard_normal((t2, 2048)))
-    resnext = unit_rows(world["3d"][topic] + 0.6 * rng.standard_normal((t3, 2048)))
+    resnet, resnext = topic_rows(rng, world, topic, t2, t3)
     topic_words = world["w2v_ids"][topic * WORDS_PER_TOPIC : (topic + 1) * WORDS_PER_TOPIC]
     per_sentence = [rng.choice(topic_words, size=int(rng.integers(3, 8))) if with_words else np.zeros(0, np.int64)
                     for _ in range(sentences)]
-    tokens = np.concatenate(per_sentence).astype(np.int32)
-    offsets = np.concatenate([[0], np.cumsum([len(words) for words in per_sentence])]).astype(np.int32)
     meta = {
         "video_id": clip_id.rsplit("_", 1)[0], "duration": length, "fps": 24.0, "width": 64, "height": 48,
         "audio_sample_rate": schema.AUDIO_SAMPLE_RATE if with_audio else None, "source": "fixture",
@@ -52,20 +48,10 @@ def make_clip(rng: np.random.Generator, world: dict, clip_id: str, topic: int, l
         "features": {}, "missing": {} if with_audio else {"logmel": "no_audio"},
         "kind": "clip", "clip_id": clip_id, "clip_start": 0.0, "clip_end": length, "split": "validation",
     }
-    sample = {
-        "__key__": clip_id,
-        schema.META_FIELD: json.dumps(meta).encode(),
-        schema.RESNET152.field: npy_bytes(resnet.astype(np.float16)),
-        schema.RESNEXT101.field: npy_bytes(resnext.astype(np.float16)),
-        schema.CAPTIONS_FIELD: json.dumps({"start": [0.0] * sentences, "end": [length] * sentences,
-                                           "text": [f"sentence {i}" for i in range(sentences)]}).encode(),
-        schema.TOKENS_FIELD: npy_bytes(tokens),
-        schema.TOKEN_OFFSETS_FIELD: npy_bytes(offsets),
-    }
-    if with_audio:
-        pattern = world["audio"][topic][:, None] + 8 * rng.standard_normal((schema.LOGMEL.dim, frames))
-        sample[schema.LOGMEL.field] = npy_bytes(np.clip(pattern, -80, 0).astype(np.float16))
-    return sample
+    captions = {"start": [0.0] * sentences, "end": [length] * sentences,
+                "text": [f"sentence {i}" for i in range(sentences)]}
+    return sample_fields(rng, clip_id, meta, world["audio"][topic] if with_audio else None, frames,
+                         resnet, resnext, captions, per_sentence)
 
 
 def write_clip_set(root: Path, clips_per_topic: int = 1, topics: int = 12, world_seed: int = 0, seed: int = 1,

@@ -20,3 +20,14 @@ def synth_corpus(tmp_path_factory: pytest.TempPathFactory) -> CorpusInfo:
     out = tmp_path_factory.mktemp("synth") / "corpus"
     return generate_corpus(out, videos=SYNTH_VIDEOS, seed=0, heldout_videos=SYNTH_HELDOUT,
                            min_seconds=10, max_seconds=25)
+
+
+@pytest.fixture(scope="module")
+def two_torch_threads():
+    """torch on 2 threads for a module (the CI machine's cores), restored afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)

@@ -38,14 +38,10 @@ def make_video(rng: np.random.Generator, video_id: str, topic: int, prototypes: 
                duration: float, with_audio: bool) -> dict[str, bytes]:
     """One WebDataset sample (field -> bytes) of a video about `topic`."""
     t2, t3, frames = int(np.ceil(duration)), int(np.ceil(duration * 1.5)), int(duration * 100)
-    noise = 0.6
-    resnet = unit_rows(prototypes["2d"][topic] + noise * rng.standard_normal((t2, 2048)))
-    resnext = unit_rows(prototypes["3d"][topic] + noise * rng.standard_normal((t3, 2048)))
+    resnet, resnext = topic_rows(rng, prototypes, topic, t2, t3)
     starts, ends = caption_timeline(rng, duration)
     topic_words = w2v_ids[topic * WORDS_PER_TOPIC : (topic + 1) * WORDS_PER_TOPIC]
     per_caption = [rng.choice(topic_words, size=int(rng.integers(0, 5))) for _ in starts]
-    tokens = np.concatenate(per_caption).astype(np.int32) if per_caption else np.zeros(0, np.int32)
-    offsets = np.concatenate([[0], np.cumsum([len(words) for words in per_caption])]).astype(np.int32)
     meta = {
         "video_id": video_id, "duration": duration, "fps": 24.0, "width": 64, "height": 48,
         "audio_sample_rate": schema.AUDIO_SAMPLE_RATE if with_audio else None, "source": "fixture",
@@ -55,17 +51,36 @@ def make_video(rng: np.random.Generator, video_id: str, topic: int, prototypes: 
                                  "weights_sha256": None} for spec in schema.FEATURES.values()},
         "missing": {} if with_audio else {"logmel": "no_audio"},
     }
+    captions = {"start": starts, "end": ends, "text": [f"caption {i}" for i in range(len(starts))]}
+    return sample_fields(rng, video_id, meta, prototypes["audio"][topic] if with_audio else None, frames,
+                         resnet, resnext, captions, per_caption)
+
+
+def topic_rows(rng: np.random.Generator, prototypes: dict, topic: int, t2: int, t3: int,
+               noise: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """Unit 2D and 3D rows scattered around the topic's prototypes (2D drawn first, then 3D)."""
+    resnet = unit_rows(prototypes["2d"][topic] + noise * rng.standard_normal((t2, 2048)))
+    resnext = unit_rows(prototypes["3d"][topic] + noise * rng.standard_normal((t3, 2048)))
+    return resnet, resnext
+
+
+def sample_fields(rng: np.random.Generator, key: str, meta: dict, audio_prototype: np.ndarray | None, frames: int,
+                  resnet: np.ndarray, resnext: np.ndarray, captions: dict, per_caption: list[np.ndarray]
+                  ) -> dict[str, bytes]:
+    """The sample's fields as bytes; the log-mel (absent when `audio_prototype` is None) is drawn last."""
+    tokens = np.concatenate(per_caption).astype(np.int32) if per_caption else np.zeros(0, np.int32)
+    offsets = np.concatenate([[0], np.cumsum([len(words) for words in per_caption])]).astype(np.int32)
     sample = {
-        "__key__": video_id,
+        "__key__": key,
         schema.META_FIELD: json.dumps(meta).encode(),
         schema.RESNET152.field: npy_bytes(resnet.astype(np.float16)),
         schema.RESNEXT101.field: npy_bytes(resnext.astype(np.float16)),
-        schema.CAPTIONS_FIELD: json.dumps({"start": starts, "end": ends, "text": [f"caption {i}" for i in range(len(starts))]}).encode(),
+        schema.CAPTIONS_FIELD: json.dumps(captions).encode(),
         schema.TOKENS_FIELD: npy_bytes(tokens),
         schema.TOKEN_OFFSETS_FIELD: npy_bytes(offsets),
     }
-    if with_audio:
-        pattern = prototypes["audio"][topic][:, None] + 8 * rng.standard_normal((schema.LOGMEL.dim, frames))
+    if audio_prototype is not None:
+        pattern = audio_prototype[:, None] + 8 * rng.standard_normal((schema.LOGMEL.dim, frames))
         sample[schema.LOGMEL.field] = npy_bytes(np.clip(pattern, -80, 0).astype(np.float16))
     return sample
 

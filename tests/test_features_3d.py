@@ -16,12 +16,7 @@ from howto_prep.features.weights import RandomWeightsWarning, sha256_file
 KINETICS_MEAN = np.array([110.63, 103.16, 96.29])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 @pytest.fixture(scope="module")
