@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from howto_prep.errors import UserError
-from howto_prep.features.logmel import logmel, logmel_float32
+from howto_prep.features.logmel import emphasised_and_padded, logmel, logmel_float32
 
 SR = 16000
 
@@ -105,3 +105,14 @@ def test_bad_audio_is_a_user_error():
         logmel(np.zeros((2, 1600), dtype=np.float32))
     with pytest.raises(UserError, match="16000 Hz"):
         logmel(np.zeros(1600, dtype=np.float32), sample_rate=44100)
+
+
+@pytest.mark.parametrize("length", [1, 150, 200, 201, 1000, 16_003])
+def test_one_buffer_preparation_equals_the_step_by_step_numpy_one(length: int) -> None:
+    """DC removal, pre-emphasis and reflect padding in one buffer = the three numpy steps, also for
+    signals shorter than the 200-sample pad (where numpy reflects repeatedly)."""
+    signal = (0.3 * np.random.default_rng(length).standard_normal(length) + 0.1).astype(np.float32)
+    centred = signal - np.float32(signal.mean(dtype=np.float64))
+    emphasised = np.concatenate([centred[:1], centred[1:] - np.float32(0.97) * centred[:-1]])
+    expected = np.pad(emphasised, 200, mode="reflect")
+    np.testing.assert_allclose(emphasised_and_padded(signal), expected, rtol=0, atol=1e-6)

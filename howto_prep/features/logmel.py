@@ -69,13 +69,13 @@ def emphasised_and_padded(signal: np.ndarray) -> np.ndarray:
     """DC removed, pre-emphasised, reflect-padded by N_FFT // 2 on each side, written into ONE
     float32 buffer (a 2,000 s soundtrack is 128 MB; numpy temporaries would triple that)."""
     pad = N_FFT // 2
+    mean = signal.mean(dtype=np.float64)
     padded = np.empty(len(signal) + 2 * pad, dtype=np.float32)
     middle = padded[pad:pad + len(signal)]
     pre_emphasis(signal, out=middle)
-    middle -= np.float32((1.0 - PRE_EMPHASIS) * signal.mean(dtype=np.float64))  # DC, pre-emphasised
-    middle[0] -= np.float32(PRE_EMPHASIS * signal.mean(dtype=np.float64))  # y[0] = x[0] - mean
-    reflect = min(pad, len(signal) - 1)
-    if reflect < pad:  # shorter than the pad: numpy's repeated reflection
+    middle -= np.float32((1.0 - PRE_EMPHASIS) * mean)  # the DC offset, pre-emphasised
+    middle[0] -= np.float32(PRE_EMPHASIS * mean)  # y[0] = x[0] - mean
+    if len(signal) <= pad:  # too short for one reflection: numpy's repeated one
         return np.pad(middle.copy(), pad, mode="reflect")
     padded[:pad] = middle[pad:0:-1]
     padded[pad + len(signal):] = middle[-2:-pad - 2:-1]
