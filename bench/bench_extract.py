@@ -118,6 +118,13 @@ def fps_filter(frames, fps: float):
         slot += 1
 
 
+def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) with the short side at `short_side`, the long one rounded to even (ffmpeg scale)."""
+    scale = short_side / min(width, height)
+    return (round(width * scale / 2) * 2 if width > height else short_side,
+            round(height * scale / 2) * 2 if height > width else short_side)
+
+
 def pyav_frames(path: Path, fps: float, short_side: int, crop: bool) -> np.ndarray:
     """The whole video at `fps`, scaled by libswscale (like ffmpeg fps -> scale), as ONE float32 array."""
     import av
@@ -125,10 +132,7 @@ def pyav_frames(path: Path, fps: float, short_side: int, crop: bool) -> np.ndarr
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # what the ffmpeg command line does by default
-        width, height = stream.codec_context.width, stream.codec_context.height
-        scale = short_side / min(width, height)
-        size = (round(width * scale / 2) * 2 if width > height else short_side,
-                round(height * scale / 2) * 2 if height > width else short_side)
+        size = scaled_size(stream.codec_context.width, stream.codec_context.height, short_side)
         picked = [f.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
                   for f in fps_filter(container.decode(video=0), fps)]
     video = np.stack(picked).astype(np.float32)  # the reference's whole-video float buffer

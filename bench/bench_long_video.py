@@ -26,6 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from howto_prep import schema  # noqa: E402
 
@@ -68,13 +69,10 @@ def decode_worker(path: Path) -> None:
 
 def baseline_arrays_mib(seconds: float, width: int, height: int) -> dict[str, float]:
     """The whole-video float32 arrays of the reference-style baseline (pass 1 and pass 2)."""
-    def scaled(short_side: int) -> tuple[int, int]:
-        scale = short_side / min(width, height)
-        return round(width * scale / 2) * 2 if width > height else short_side, \
-            round(height * scale / 2) * 2 if height > width else short_side
+    from bench_extract import scaled_size
 
-    w2, h2 = scaled(schema.SHORT_SIDE_2D)
-    w3, h3 = scaled(schema.SIZE_3D)
+    w2, h2 = scaled_size(width, height, schema.SHORT_SIDE_2D)
+    w3, h3 = scaled_size(width, height, schema.SIZE_3D)
     pass_2d = math.floor(seconds + 0.5) * h2 * w2 * 3 * 4
     pass_3d = math.floor(24 * seconds + 0.5) * h3 * w3 * 3 * 4
     return {"2D pass": pass_2d / 2**20, "3D pass": pass_3d / 2**20}
