@@ -13,10 +13,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 
 from howto_prep import schema
-from shard_fixtures import sample_fields, topic_rows
+from shard_fixtures import sample_fields, topic_rows, write_shards
 
 WORDS_PER_TOPIC = 6
 
@@ -75,19 +74,9 @@ def write_clip_set(root: Path, clips_per_topic: int = 1, topics: int = 12, world
     np.save(vocab / schema.VOCAB_W2V_IDS, world["w2v_ids"])
     np.save(vocab / schema.VOCAB_VECTORS, world["vectors"])
     (vocab / schema.VOCAB_WORDS).write_text("".join(f"word{i}\n" for i in world["w2v_ids"]))
-    listing = []
-    for shard in range(shards):
-        members = [i for i in range(count) if i * shards // count == shard]
-        name = schema.SHARD_NAME.format(prefix=schema.DEFAULT_PREFIX, index=shard)
-        with wds.TarWriter(str(root / name)) as sink:
-            for i in members:
-                sink.write(make_clip(rng, world, ids[i], clip_topics[i], float(rng.uniform(*length)), sentences,
-                                     with_audio=i not in no_audio, with_words=i not in no_words))
-        record = {"url": name, "keys": [ids[i] for i in members], "count": len(members),
-                  "bytes": (root / name).stat().st_size, "sha256": None}
-        (root / schema.SHARD_JSON.format(prefix=schema.DEFAULT_PREFIX, index=shard)).write_text(json.dumps(record))
-        listing.append({"url": name, "nsamples": len(members)})
-    (root / schema.INDEX_FILE).write_text(json.dumps({"wids_version": 1, "shardlist": listing}))
+    write_shards(root, ids, shards, lambda i: make_clip(rng, world, ids[i], clip_topics[i],
+                                                        float(rng.uniform(*length)), sentences,
+                                                        with_audio=i not in no_audio, with_words=i not in no_words))
     all_ids = ids + [f"absent{i:03d}_0000" for i in range(missing)]
     if manifest:
         (root / "clips.json").write_text(json.dumps({

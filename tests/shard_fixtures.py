@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import webdataset as wds
@@ -106,20 +107,27 @@ def write_shard_set(root: Path, videos: int = 12, shards: int = 2, topics: int =
     (root / schema.VOCAB_DIR / schema.VOCAB_WORDS).write_text("".join(f"word{i}\n" for i in w2v_ids))
     ids = [f"vid{i:04d}xx" for i in range(videos)]
     video_topics = [i % topics for i in range(videos)]
+    write_shards(root, ids, shards, lambda i: make_video(rng, ids[i], video_topics[i], prototypes, w2v_ids,
+                                                         float(rng.uniform(*duration)),
+                                                         with_audio=(i % audio_every) != audio_every - 1))
+    return {"ids": ids, "topics": video_topics, "w2v_ids": w2v_ids}
+
+
+def write_shards(root: Path, ids: list[str], shards: int, sample_for: Callable[[int], dict[str, bytes]]) -> None:
+    """Samples 0..len(ids)-1 (made in order by `sample_for`) over `shards` tars, each with its
+    per-shard JSON, plus the wids index.json."""
     listing = []
     for shard in range(shards):
-        members = [i for i in range(videos) if i * shards // videos == shard]
+        members = [i for i in range(len(ids)) if i * shards // len(ids) == shard]
         name = schema.SHARD_NAME.format(prefix=schema.DEFAULT_PREFIX, index=shard)
         with wds.TarWriter(str(root / name)) as sink:
             for i in members:
-                sink.write(make_video(rng, ids[i], video_topics[i], prototypes, w2v_ids,
-                                      float(rng.uniform(*duration)), with_audio=(i % audio_every) != audio_every - 1))
+                sink.write(sample_for(i))
         record = {"url": name, "keys": [ids[i] for i in members], "count": len(members),
                   "bytes": (root / name).stat().st_size, "sha256": None}
         (root / schema.SHARD_JSON.format(prefix=schema.DEFAULT_PREFIX, index=shard)).write_text(json.dumps(record))
         listing.append({"url": name, "nsamples": len(members)})
     (root / schema.INDEX_FILE).write_text(json.dumps({"wids_version": 1, "shardlist": listing}))
-    return {"ids": ids, "topics": video_topics, "w2v_ids": w2v_ids}
 
 
 def add_corrupt_shard(root: Path, index: int, count: int = 3) -> Path:
