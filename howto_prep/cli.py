@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     clips.add_argument("--test-list", type=Path, help="MSR-VTT: a plain id list (e.g. the 1k-A test ids)")
     extract.set_defaults(handler="howto_prep.extract:run_extract")
 
+    doctor = sub.add_parser("doctor", help="check that every native library of the stack works (names the broken one)")
+    doctor.add_argument("--skip-ray", action="store_true", help="leave out the Ray start (about 5 s)")
+    doctor.set_defaults(handler="howto_prep.doctor:run_doctor")
+
     status = sub.add_parser("status", help="counts by status and failure kind for videos/ or shards/")
     status.add_argument("path", type=Path)
     status.set_defaults(handler="howto_prep.status:run_status")

@@ -35,7 +35,7 @@ CAPTIONS_FIELD = "captions.json"
 TOKENS_FIELD = "tokens.npy"
 TOKEN_OFFSETS_FIELD = "token_offsets.npy"
 
-# Recipe constants (REFERENCE.md sections 2-4).
+# Recipe constants (docs/recipes.md sections 2-4).
 FPS_2D = 1.0
 SHORT_SIDE_2D = 224
 FPS_3D = 24.0

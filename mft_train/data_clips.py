@@ -1,4 +1,4 @@
-"""Everything-at-Once clip sampling (REFERENCE.md section 6) as pure functions over one video's arrays.
+"""Everything-at-Once clip sampling (docs/recipes.md section 6) as pure functions over one video's arrays.
 
 `plan_clip` decides *which* captions and time windows a clip uses; `cut_clip` turns a plan into
 fixed-size arrays with masks. Neither touches files or global state, so the tests check them

@@ -38,7 +38,7 @@ from mft_train.data import ShardSet, WordTable, collate, decode_sample, discover
 from mft_train.data_clips import ClipPlan, ClipSpec, VideoRecord, cut_clip
 
 CLIPS_FILE = "clips.json"
-# Evaluation lengths of the paper's fine-tuning/evaluation protocol (REFERENCE.md sections 6-7).
+# Evaluation lengths of the paper's fine-tuning/evaluation protocol (docs/recipes.md sections 6-7).
 EVAL_LENGTHS: dict[str, tuple[int, int]] = {"youcook2": (72, 4608), "msrvtt": (48, 3072)}
 DEFAULT_EVAL_LENGTHS = EVAL_LENGTHS["youcook2"]  # generic clips.csv sets: up to 48 s, like YouCook2
 STRATEGIES = ("at_once", "clips")

@@ -1,6 +1,6 @@
 """`mft-train evaluate`: zero-shot / fine-tuned text-video-audio retrieval on a clip-level shard set.
 
-Protocol (REFERENCE.md section 7): every clip is encoded once; for each combination the (clips x
+Protocol (docs/recipes.md section 7): every clip is encoded once; for each combination the (clips x
 clips) similarity matrix goes to mft_train.metrics.retrieval_metrics (ranks with ties averaged,
 `num_expected` as denominator so clips missing from the shards count as misses).
 

@@ -1,6 +1,6 @@
 """`mft-train finetune`: the papers' fine-tuning recipe on a clip-level shard set, evaluated every epoch.
 
-Recipe (REFERENCE.md section 6; presets eao_finetune_youcook2 / _msrvtt / _small): Adam with the
+Recipe (docs/recipes.md section 6; presets eao_finetune_youcook2 / _msrvtt / _small): Adam with the
 preset's learning rate, all six combinatorial loss weights 1, one example per clip (the whole clip
 at the preset's lengths, one of its sentences drawn per epoch), the model kept in eval mode so
 DAVEnet's BatchNorm statistics stay frozen. The model's architecture and initial weights come from

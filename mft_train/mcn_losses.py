@@ -1,4 +1,4 @@
-"""MCN losses (Chen et al., ICCV 2021; REFERENCE.md section 8): MMS, clustering, reconstruction.
+"""MCN losses (Chen et al., ICCV 2021; docs/recipes.md section 8): MMS, clustering, reconstruction.
 
 Similarity convention shared with mft_train.losses: sim[i, j] = query i against target j, the
 diagonal holds the positives. MCN uses raw dot products (no normalisation, no temperature).

@@ -1,4 +1,4 @@
-"""Retrieval metrics (REFERENCE.md section 7): R@1/5/10/50, MedR, MeanR with ties averaged.
+"""Retrieval metrics (docs/recipes.md section 7): R@1/5/10/50, MedR, MeanR with ties averaged.
 
 Convention: sim[i, j] = similarity of query i to target j; the ground truth of query i is target i.
 The zero-based rank of query i counts the targets scoring strictly higher than target i, plus half of

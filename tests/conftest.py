@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from howto_prep.doctor import first_problem
 from howto_prep.synthetic import CorpusInfo, generate_corpus
+
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The environment self-test first: a broken wheel stops the suite with one sentence naming it,
+    instead of failing dozens of tests in confusing ways (`howto-prep doctor` runs the same checks)."""
+    problem = first_problem()
+    if problem:
+        pytest.exit(problem, returncode=3)
+
 
 SYNTH_VIDEOS = 6
 SYNTH_HELDOUT = 3

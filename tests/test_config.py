@@ -96,7 +96,7 @@ def test_paper_preset_builds_the_689m_parameter_model_on_the_meta_device():
     count = sum(p.numel() for p in preset.parameters())
     assert preset.config == paper_defaults.config  # the preset spells out the paper's sizes
     assert count == sum(p.numel() for p in paper_defaults.parameters())
-    assert abs(count - 689e6) / 689e6 < 0.005  # REFERENCE: "about 689 M"
+    assert abs(count - 689e6) / 689e6 < 0.005  # the paper: "about 689 M"
 
 
 def test_model_flag_without_config_takes_that_models_paper_preset():

@@ -116,3 +116,23 @@ def test_one_buffer_preparation_equals_the_step_by_step_numpy_one(length: int) -
     emphasised = np.concatenate([centred[:1], centred[1:] - np.float32(0.97) * centred[:-1]])
     expected = np.pad(emphasised, 200, mode="reflect")
     np.testing.assert_allclose(emphasised_and_padded(signal), expected, rtol=0, atol=1e-6)
+
+
+def test_slaney_mel_scale_hand_values():
+    from howto_prep.features.logmel import slaney_hz, slaney_mel
+
+    # 3 mels per 200 Hz below 1 kHz; 15 mels at 1 kHz; +27 mels per factor 6.4 above.
+    np.testing.assert_allclose(slaney_mel(np.array([0.0, 500.0, 1000.0, 6400.0])), [0.0, 7.5, 15.0, 42.0],
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(slaney_hz(np.array([7.5, 15.0, 42.0])), [500.0, 1000.0, 6400.0], rtol=1e-12)
+
+
+def test_mel_filterbank_matches_the_per_bin_construction():
+    from howto_prep.features.logmel import mel_filterbank
+
+    ours = mel_filterbank(SR)
+    assert ours.shape == (201, 40) and ours.dtype == np.float64
+    np.testing.assert_allclose(ours.T, reference_filterbank(), rtol=0, atol=1e-12)
+    # Slaney normalisation: each triangle has area 1 in Hz (peak 2 / bandwidth), up to bin sampling.
+    areas = ours.sum(axis=0) * (SR / 400)
+    assert np.all(np.abs(areas - 1.0) < 0.35)

@@ -92,8 +92,8 @@ def test_paper_preset_shapes_and_parameter_count_on_meta_device() -> None:
     total = sum(p.numel() for p in model.parameters())
     assert davenet == davenet_v2_params()
     assert total == expected
-    assert abs(davenet - 315e6) / 315e6 < 0.005  # REFERENCE: about 315 M
-    assert abs(total - 689e6) / 689e6 < 0.005  # REFERENCE: about 689 M
+    assert abs(davenet - 315e6) / 315e6 < 0.005  # the paper: about 315 M
+    assert abs(total - 689e6) / 689e6 < 0.005  # the paper: about 689 M
 
 
 def test_davenet_lengths_strides_and_mask_downsampling() -> None:

@@ -1,6 +1,6 @@
 """Audio features: the AVLnet log-mel spectrogram used by Everything-at-Once and MCN.
 
-Recipe (REFERENCE.md section 3): 16 kHz mono; DC mean removed; pre-emphasis 0.97; STFT with
+Recipe (docs/recipes.md section 3): 16 kHz mono; DC mean removed; pre-emphasis 0.97; STFT with
 n_fft = win = 400 and hop 160 (100 frames/s), periodic Hamming window, centered with reflect padding
 (librosa's default, so F = 1 + len // 160); power spectrum; 40 Slaney mel bins (Slaney norm) from
 20 Hz to 8 kHz; power_to_db with ref = max over the clip, amin 1e-10, top_db 80: values in [-80, 0].
@@ -27,7 +27,7 @@ FRAMES_PER_BLOCK = 6000  # 60 s of frames per STFT call: bounded memory for 2,00
 def logmel(audio: np.ndarray, sample_rate: int = schema.AUDIO_SAMPLE_RATE) -> np.ndarray:
     """Mono 16 kHz float audio -> float16 (40, 1 + len // 160) log-mel in dB, 0 dB = loudest bin.
 
-    *Quirk* (kept from AVLnet, REFERENCE.md section 3): each clip is referenced to its own maximum,
+    *Quirk* (kept from AVLnet, docs/recipes.md section 3): each clip is referenced to its own maximum,
     so 0 dB means "the loudest bin of this clip" and -80 dB is the floor; a consumer that pads with
     zeros therefore pads with "loudest", not with silence.
     """
@@ -42,7 +42,7 @@ def logmel_float32(audio: np.ndarray, sample_rate: int = schema.AUDIO_SAMPLE_RAT
     padded = emphasised_and_padded(signal)
     frames = 1 + len(signal) // HOP
     window = torch.hamming_window(N_FFT, periodic=True, dtype=torch.float64)
-    filterbank = mel_filterbank(sample_rate)
+    filterbank_t = mel_filterbank(sample_rate).T
     mel = np.empty((N_MELS, frames), dtype=np.float64)
     for first in range(0, frames, FRAMES_PER_BLOCK):
         last = min(frames, first + FRAMES_PER_BLOCK)
@@ -50,7 +50,7 @@ def logmel_float32(audio: np.ndarray, sample_rate: int = schema.AUDIO_SAMPLE_RAT
         spectrum = torch.stft(block, N_FFT, hop_length=HOP, win_length=N_FFT, window=window, center=False,
                               return_complex=True)
         power = spectrum.real.square() + spectrum.imag.square()
-        mel[:, first:last] = (filterbank.T @ power).numpy()
+        mel[:, first:last] = filterbank_t @ power.numpy()
     return power_to_db(mel).astype(np.float32)
 
 
@@ -91,12 +91,35 @@ def pre_emphasis(signal: np.ndarray, out: np.ndarray | None = None) -> np.ndarra
     return emphasised
 
 
-def mel_filterbank(sample_rate: int):
-    """(201, 40) float64 Slaney-scale, Slaney-normalised triangles (librosa's defaults)."""
-    import torchaudio.functional as AF
+def slaney_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (Auditory Toolbox): 3 mels per 200 Hz below 1 kHz, logarithmic above
+    (15 mels at 1 kHz, 27 mels per factor 6.4)."""
+    hz = np.asarray(hz, dtype=np.float64)
+    log_part = 15.0 + np.log(np.maximum(hz, 1000.0) / 1000.0) * (27.0 / np.log(6.4))
+    return np.where(hz < 1000.0, hz * 3.0 / 200.0, log_part)
 
-    return AF.melscale_fbanks(N_FFT // 2 + 1, F_MIN, F_MAX, N_MELS, sample_rate, norm="slaney",
-                              mel_scale="slaney").double()
+
+def slaney_hz(mel: np.ndarray) -> np.ndarray:
+    """Inverse of `slaney_mel`."""
+    mel = np.asarray(mel, dtype=np.float64)
+    log_part = 1000.0 * np.exp((np.maximum(mel, 15.0) - 15.0) * (np.log(6.4) / 27.0))
+    return np.where(mel < 15.0, mel * 200.0 / 3.0, log_part)
+
+
+def mel_filterbank(sample_rate: int) -> np.ndarray:
+    """(201, 40) float64 Slaney-scale, Slaney-normalised triangles (librosa's defaults).
+
+    Edges are N_MELS + 2 points equally spaced in mel between F_MIN and F_MAX; triangle m rises from
+    edge m to edge m+1, falls to edge m+2 and is scaled by 2 / (edge m+2 - edge m) (equal area).
+    Written out here (25 lines) so the log-mel needs no torchaudio: see docs/recipes.md.
+    """
+    edges = slaney_hz(np.linspace(slaney_mel(F_MIN), slaney_mel(F_MAX), N_MELS + 2))
+    bins = np.arange(N_FFT // 2 + 1, dtype=np.float64) * sample_rate / N_FFT
+    left, centre, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins[None, :] - left) / (centre - left)
+    falling = (right - bins[None, :]) / (right - centre)
+    triangles = np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (right - left))
+    return np.ascontiguousarray(triangles.T)
 
 
 def power_to_db(power: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """2D appearance features: torchvision ResNet-152 trunk + global average pool at 1 fps.
 
-Recipe (REFERENCE.md section 2): short side resized to 224 with the aspect kept and NO crop (a 16:9
+Recipe (docs/recipes.md section 2): short side resized to 224 with the aspect kept and NO crop (a 16:9
 frame becomes 398x224), RGB / 255, ImageNet mean/std, 2048-d output, L2-normalised, float16.
 """
 

@@ -1,6 +1,6 @@
 """3D motion features: ResNeXt-101 (Kinetics-400) on non-overlapping 16-frame clips at 24 fps.
 
-Recipe (REFERENCE.md section 2): short side resized to 112, center crop 112x112, clips of 16 frames
+Recipe (docs/recipes.md section 2): short side resized to 112, center crop 112x112, clips of 16 frames
 (1.5 clips per second), the last clip padded with black frames BEFORE the Kinetics mean is
 subtracted (so the padding is -mean, as in the reference extractor), RGB 0..255 minus
 (110.63, 103.16, 96.29), std 1; 2048-d pooled output, L2-normalised, float16.

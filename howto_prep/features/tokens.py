@@ -1,6 +1,6 @@
 """Text features: captions -> word2vec row ids (plus offsets), and the shard set's small vocab/.
 
-Recipe (REFERENCE.md section 4): tokenise with `[\\w']+`, case kept, no stop-word removal, keep only
+Recipe (docs/recipes.md section 4): tokenise with `[\\w']+`, case kept, no stop-word removal, keep only
 words in the word2vec vocabulary. Storing row ids of the word2vec file (not vectors) makes tokens
 stable across workers and reruns and costs ~11 GB instead of ~1.6 TB for all of HowTo100M.
 """

@@ -18,7 +18,7 @@ from torch import nn
 
 from howto_prep.schema import LOGMEL
 
-# version -> (stage widths, stage depths); REFERENCE.md section 5 (v2) and section 8 (v1).
+# version -> (stage widths, stage depths); docs/recipes.md section 5 (v2) and section 8 (v1).
 DAVENET_PRESETS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "v2": ((128, 256, 512, 1024, 2048, 4096), (2, 2, 1, 1, 1, 1)),
     "v1": ((128, 256, 512, 1024), (2, 2, 2, 2)),

@@ -1,6 +1,6 @@
 """Everything-at-Once (Shvetsova et al., CVPR 2022): one shared fusion block over every modality combination.
 
-Pipeline per batch (REFERENCE.md section 5):
+Pipeline per batch (docs/recipes.md section 5):
   text (B, 20, 300), video (B, Nv, 4096)    -> GEU(in -> width) -> LayerNorm(eps 1e-6)
   audio (B, 40, Na) -> DAVEnet -> (B, Na/64, C) -> GEU(C -> width) -> LayerNorm(eps 1e-6)
   an empty modality (all-False mask): token 0 := shared learned masking token, mask[0] := True
@@ -12,7 +12,7 @@ then L2-normalised again so every output lies on the unit sphere (cosine = dot p
 normalisation changes no cosine similarity, so the losses and metrics equal the paper's.
 
 Parameter count of the paper preset (tests/test_models.py recomputes it by hand):
-  DAVEnet-v2 314,710,016 (convs 314,659,840 + BatchNorm 50,176; REFERENCE: "about 315 M")
+  DAVEnet-v2 314,710,016 (convs 314,659,840 + BatchNorm 50,176; the paper: "about 315 M")
   token projections 85,139,456 (GEU 300->4096: 18,014,208; GEU 4096->4096 for video and audio:
   33,562,624 each) + their LayerNorms 24,576; fusion block 100,704,256 (qkv 50,343,936, proj
   16,781,312, MLP 33,562,624, two LayerNorms 16,384); output heads 188,780,544 (3 x GEU 4096->6144:

@@ -1,4 +1,4 @@
-"""MCN, the Multimodal Clustering Network (Chen et al., ICCV 2021; REFERENCE.md section 8).
+"""MCN, the Multimodal Clustering Network (Chen et al., ICCV 2021; docs/recipes.md section 8).
 
 Three independent branches into one 6,144-d space, compared with raw dot products:
   video (B, Nv, 4096) -> max over the clip's real tokens -> GEU 4096 -> 6144
