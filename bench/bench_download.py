@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from howto_prep.catalog import VideoRecord
 from howto_prep.cluster import init_ray
-from howto_prep.credentials import Credentials
-from howto_prep.download import DownloadPlan, download_all
-from howto_prep.media_writer import write_mp4
-from howto_prep.mirror import LoopbackMirror
+from howto_prep.download.catalog import CatalogEntry
+from howto_prep.download.command import download_all
+from howto_prep.download.credentials import Credentials
+from howto_prep.download.plan import DownloadPlan
+from howto_prep.synthetic.mirror_server import LoopbackMirror
+from howto_prep.synthetic.mp4 import write_mp4
 
 CREDENTIALS = Credentials("bench", "bench-password")
 
@@ -77,7 +78,7 @@ def main() -> None:
         started = time.perf_counter()
         init_ray(None)
         ray_start = time.perf_counter() - started
-        records = [VideoRecord(video_id) for video_id in ids]
+        records = [CatalogEntry(video_id) for video_id in ids]
         rows = []
         with LoopbackMirror(library, CREDENTIALS, throttle_bytes_per_s=throttle) as mirror:
             baseline = sequential_baseline(mirror.url, ids, work / "baseline")

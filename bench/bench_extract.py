@@ -2,7 +2,7 @@
 
 Both sides use the same videos, the same models (random weights) and the same feature classes.
   ours      decord, one pass per video in 10 s chunks feeding the 2D and 3D models, log-mel of
-            the soundtrack (howto_prep.decode + extract_worker: what each Ray task/actor runs);
+            the soundtrack (howto_prep.decode + howto_prep.extract.ray_tasks: what each Ray task/actor runs);
             decoding runs one chunk ahead of the models in a thread, as the Ray decode task runs
             ahead of the model actor in `howto-prep extract`
   baseline  the reference extractor's shape: for each model, decode the whole video with PyAV
@@ -40,7 +40,7 @@ from howto_prep import schema  # noqa: E402
 
 def make_video(path: Path, seconds: float, width: int, height: int, fps: float = 30.0) -> Path:
     """Moving gradients and a tone: a real H.264 + AAC mp4 that compresses like real footage."""
-    from howto_prep.media_writer import write_mp4
+    from howto_prep.synthetic.mp4 import write_mp4
 
     y, x = np.mgrid[0:height, 0:width]
 
@@ -80,7 +80,7 @@ def read_ahead(items: Iterator, depth: int = 1) -> Iterator:
 
 
 def run_ours(path: Path, device: str) -> dict:
-    from howto_prep.extract_worker import FeatureModels, decode_stream
+    from howto_prep.extract.ray_tasks import FeatureModels, decode_stream
 
     models = FeatureModels(["resnet152", "resnext101"], "random", "random", device)
     warm_up(*models.models.values())

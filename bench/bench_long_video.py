@@ -1,7 +1,7 @@
 """Benchmark: memory of the decode side of `howto-prep extract` on one long video (default 2,000 s).
 
 The issue's bound: a 2,000 s video must not need more than about 2 GB per worker. A fresh process
-runs exactly what a Ray decode task runs (howto_prep.extract_worker.decode_stream: probe, the
+runs exactly what a Ray decode task runs (howto_prep.extract.ray_tasks.decode_stream: probe, the
 whole soundtrack's log-mel, then 10 s frame chunks at 1 fps and 24 fps) and drops each chunk, as
 the model actor would consume it; its peak RSS is printed next to the whole-video float32 arrays
 the reference-style baseline (bench_extract.py) would hold for the same video. The model side's
@@ -33,7 +33,7 @@ from howto_prep import schema  # noqa: E402
 
 def make_long_video(path: Path, seconds: float, width: int, height: int, fps: float = 30.0) -> Path:
     """A real H.264 + AAC mp4 of a moving gradient (rolled, so generating it is cheap) and a tone."""
-    from howto_prep.media_writer import write_mp4
+    from howto_prep.synthetic.mp4 import write_mp4
 
     y, x = np.mgrid[0:height, 0:width]
     base = np.stack([x % 256, y % 256, ((x + y) // 2) % 256], -1).astype(np.uint8)
@@ -48,7 +48,7 @@ def decode_worker(path: Path) -> None:
     """Child process: the decode task's work, chunks dropped as soon as they are counted."""
     import torch  # noqa: F401  (before decord: see howto_prep.decode.import_decord)
 
-    from howto_prep.extract_worker import decode_stream
+    from howto_prep.extract.ray_tasks import decode_stream
 
     started = time.perf_counter()
     counts = {"chunks": 0, "frames_1fps": 0, "frames_24fps": 0, "logmel_frames": 0, "largest_chunk_mib": 0.0}

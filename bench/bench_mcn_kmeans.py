@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mft_train.kmeans import KMeans, assign_cosine  # noqa: E402
+from mft_train.losses.kmeans import KMeans, assign_cosine  # noqa: E402
 
 
 def drifting_queues(rows: int, dim: int, blobs: int, drift: float, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,7 +4,7 @@
 
 Both small presets (eao_small, mcn_small) train on one thread from the same structured shard set
 (tests/shard_fixtures.py: modalities share a topic), then every clip of a fixed-order pass is scored
-by mft_train.evaluate (EAO with cosine; MCN with raw dot products, its paper's protocol, and cosine).
+by mft_train.evaluation (EAO with cosine; MCN with raw dot products, its paper's protocol, and cosine).
 Each model is scored before training too (these synthetic features correlate even through random
 weights). The pool is small and topic-level (clips of one topic look alike), so read the numbers as
 "both models learn", not as a benchmark. The last column is s/step relative to EAO.
@@ -19,40 +19,35 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from mft_train.config import PRESET_DIR, load_config  # noqa: E402
-from mft_train.data import LoaderPlan, discover_shards, make_loader  # noqa: E402
-from mft_train.engine import clip_spec  # noqa: E402
-from mft_train.evaluate import evaluate_model  # noqa: E402
-from mft_train.losses import combinatorial_loss  # noqa: E402
-from mft_train.mcn_losses import ClusterState, MCNLossConfig, mcn_loss  # noqa: E402
+from mft_train.config import DataSettings  # noqa: E402
+from mft_train.data.clips import clip_spec  # noqa: E402
+from mft_train.data.shards import discover_shards  # noqa: E402
+from mft_train.data.stream import LoaderPlan, make_loader  # noqa: E402
+from mft_train.evaluation.evaluate import evaluate_model  # noqa: E402
+from mft_train.losses.combinatorial import combinatorial_loss  # noqa: E402
+from mft_train.losses.mcn import ClusterState, mcn_loss  # noqa: E402
 from mft_train.models import build_model  # noqa: E402
-from mft_train.models.mcn import build_mcn  # noqa: E402
+from mft_train.presets import load_config  # noqa: E402
 from shard_fixtures import write_shard_set  # noqa: E402
 
 
-def eao_setup() -> tuple[torch.nn.Module, dict, callable]:
+def eao_setup() -> tuple[torch.nn.Module, DataSettings, callable]:
     config = load_config("eao_small", ["data.workers=0"])
-    model = build_model(config["model"])
-    loss = config["loss"]
-    return model, config["data"], lambda out: combinatorial_loss(out, loss["weights"], loss["temperature"])[0]
+    model = build_model(config.model)
+    loss = config.loss
+    return model, config.data, lambda out: combinatorial_loss(out, loss.weights, loss.temperature)[0]
 
 
-def mcn_setup() -> tuple[torch.nn.Module, dict, callable]:
-    preset = yaml.safe_load((PRESET_DIR / "mcn_small.yaml").read_text())
-    settings = dict(preset["model"])
-    settings.pop("name")
-    model = build_mcn(settings)
-    # The data section uses the shared keys; validate it through the common config loader.
-    data = load_config("eao_small", [f"data.{k}={v}" for k, v in preset["data"].items()] + ["data.workers=0"])["data"]
-    loss_config = MCNLossConfig.from_dict(preset["loss"])
-    state = ClusterState(settings["embed_dim"], loss_config)
-    return model, data, lambda out: mcn_loss(out, state, loss_config)[0]
+def mcn_setup() -> tuple[torch.nn.Module, DataSettings, callable]:
+    config = load_config("mcn_small", ["data.workers=0"])
+    model = build_model(config.model)
+    state = ClusterState(config.model["embed_dim"], config.loss)
+    return model, config.data, lambda out: mcn_loss(out, state, config.loss)[0]
 
 
 def main() -> None:

@@ -21,19 +21,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from mft_train.config import load_config  # noqa: E402
-from mft_train.data import LoaderPlan, discover_shards, make_loader  # noqa: E402
-from mft_train.distributed import DistInfo  # noqa: E402
-from mft_train.engine import Trainer, autocast_context, clip_spec  # noqa: E402
-from mft_train.losses import combinatorial_loss  # noqa: E402
+from mft_train.config import RunConfig  # noqa: E402
+from mft_train.data.clips import clip_spec  # noqa: E402
+from mft_train.data.shards import discover_shards  # noqa: E402
+from mft_train.data.stream import LoaderPlan, make_loader  # noqa: E402
+from mft_train.losses.combinatorial import combinatorial_loss  # noqa: E402
 from mft_train.models import build_model  # noqa: E402
+from mft_train.presets import load_config  # noqa: E402
+from mft_train.training.device import autocast_context  # noqa: E402
+from mft_train.training.distributed import DistInfo  # noqa: E402
+from mft_train.training.pretrain import ShardStream  # noqa: E402
+from mft_train.training.trainer import Trainer  # noqa: E402
 
 
-def loader_clips_per_s(shards: Path, config: dict, workers: int, batches: int) -> float:
+def loader_clips_per_s(shards: Path, config: RunConfig, workers: int, batches: int) -> float:
     """Clips/s of the stream pipeline alone (decode, sample, collate), after the first batch."""
-    data = config["data"]
-    plan = LoaderPlan(videos_per_rank=config["train"]["batch"], clips_per_video=data["clips_per_video"],
-                      num_batches=batches + 1, seed=0, epoch=0, first_step=0, shuffle_buffer=data["shuffle_buffer"])
+    data = config.data
+    plan = LoaderPlan(videos_per_rank=config.train.batch, clips_per_video=data.clips_per_video,
+                      num_batches=batches + 1, seed=0, epoch=0, first_step=0, shuffle_buffer=data.shuffle_buffer)
     iterator = iter(make_loader(discover_shards(shards), clip_spec(data), plan, workers))
     first = next(iterator)
     start, clips = time.perf_counter(), 0
@@ -42,10 +47,12 @@ def loader_clips_per_s(shards: Path, config: dict, workers: int, batches: int) -
     return clips / (time.perf_counter() - start) if clips else float(len(first["video_id"]))
 
 
-def model_clips_per_s(shards: Path, config: dict, steps: int, run_dir: Path) -> float:
+def model_clips_per_s(shards: Path, config: RunConfig, steps: int, run_dir: Path) -> float:
     """Clips/s of forward + loss + backward + Adam on pre-loaded batches (the loader excluded)."""
-    trainer = Trainer(config, shards, run_dir, DistInfo(0, 1, 0, torch.device("cpu")))
-    batches = list(trainer.loader_for(0, min(steps, 4)))
+    single = DistInfo(0, 1, 0, torch.device("cpu"))
+    source = ShardStream(shards, config, single)
+    trainer = Trainer(config, source, run_dir, single)
+    batches = list(source.batches(0, min(steps, 4)))
     trainer.train_step(batches[0])  # warm-up
     start = time.perf_counter()
     for i in range(steps):
@@ -54,15 +61,15 @@ def model_clips_per_s(shards: Path, config: dict, steps: int, run_dir: Path) -> 
     return clips / (time.perf_counter() - start)
 
 
-def random_batch(clips: int, config: dict, device: torch.device) -> dict:
-    data = config["data"]
+def random_batch(clips: int, config: RunConfig, device: torch.device) -> dict:
+    data = config.data
     return {
-        "video": torch.randn(clips, data["video_tokens"], 4096, device=device),
-        "video_mask": torch.ones(clips, data["video_tokens"], dtype=torch.bool, device=device),
-        "text": torch.randn(clips, data["max_words"], 300, device=device),
-        "text_mask": torch.ones(clips, data["max_words"], dtype=torch.bool, device=device),
-        "audio": torch.rand(clips, 40, data["audio_frames"], device=device) * -80,
-        "audio_mask": torch.ones(clips, data["audio_frames"], dtype=torch.bool, device=device),
+        "video": torch.randn(clips, data.video_tokens, 4096, device=device),
+        "video_mask": torch.ones(clips, data.video_tokens, dtype=torch.bool, device=device),
+        "text": torch.randn(clips, data.max_words, 300, device=device),
+        "text_mask": torch.ones(clips, data.max_words, dtype=torch.bool, device=device),
+        "audio": torch.rand(clips, 40, data.audio_frames, device=device) * -80,
+        "audio_mask": torch.ones(clips, data.audio_frames, dtype=torch.bool, device=device),
     }
 
 
@@ -70,7 +77,7 @@ def paper_gpu(clips: int, steps: int, amp: bool) -> tuple[float, float]:
     """Paper preset on one GPU: clips/s and peak GiB for `clips` clips per step (random features)."""
     config = load_config("eao_howto100m")
     device = torch.device("cuda")
-    model = build_model(config["model"]).to(device)
+    model = build_model(config.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-5)
     batch = random_batch(clips, config, device)
     torch.cuda.reset_peak_memory_stats()
@@ -80,7 +87,7 @@ def paper_gpu(clips: int, steps: int, amp: bool) -> tuple[float, float]:
         with autocast_context(device, amp):
             out = model(batch)
         loss, _ = combinatorial_loss({k: v.float() if v.is_floating_point() else v for k, v in out.items()},
-                                     config["loss"]["weights"], config["loss"]["temperature"])
+                                     config.loss.weights, config.loss.temperature)
         loss.backward()
         optimizer.step()
 
@@ -116,7 +123,7 @@ def main() -> None:
             shards = Path(scratch) / "shards"
             write_shard_set(shards, videos=48, shards=4, topics=8)
         config = load_config("eao_small", ["train.device=cpu", f"train.cpu_threads={args.threads}"])
-        clips_per_step = config["train"]["batch"] * config["data"]["clips_per_video"]
+        clips_per_step = config.train.batch * config.data.clips_per_video
         model_rate = model_clips_per_s(shards, config, args.steps, Path(scratch) / "run")
         rows = [("model step (eao_small, CPU fp32)", f"{clips_per_step} clips/step", model_rate, 1.0)]
         for workers in args.workers:

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--heldout", type=positive_int, default=None,
                        help="held-out videos for YouCook2/MSR-VTT-style evaluation (default: videos // 3, at most 8)")
     synth.add_argument("--max-seconds", type=float, default=180.0, help="longest video (shortest: 10 s)")
-    synth.set_defaults(handler="howto_prep.synthetic:run_synth")
+    synth.set_defaults(handler="howto_prep.synthetic.command:run_synth")
 
     mirror = sub.add_parser("mirror", help="serve a video folder like the authors' mirror on 127.0.0.1")
     mirror.add_argument("--root", type=Path, required=True, help="folder of <id>.<ext> files (searched recursively)")
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     mirror.add_argument("--credentials", type=Path, help="file with one line username:password")
     mirror.add_argument("--fault", action="append", default=[], metavar="ID=KIND",
                         help="inject a fault for one id: not_found, auth, transient, truncated, stall")
-    mirror.set_defaults(handler="howto_prep.mirror:run_mirror")
+    mirror.set_defaults(handler="howto_prep.synthetic.command:run_mirror")
 
     download = sub.add_parser("download", help="fetch videos from the mirror or YouTube, resumably")
     source = download.add_mutually_exclusive_group(required=True)
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     download.add_argument("--retry-failed", action="store_true")
     download.add_argument("--limit", type=positive_int)
-    download.set_defaults(handler="howto_prep.download:run_download")
+    download.set_defaults(handler="howto_prep.download.command:run_download")
 
     extract = sub.add_parser("extract", help="decode once and write 2D/3D/audio/text features to shards")
     extract.add_argument("--videos", type=Path, required=True)
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     annotation.add_argument("--clips", type=Path, help="clips.csv with video_id,start,end,caption")
     clips.add_argument("--split", help="YouCook2: training|validation (default validation); MSR-VTT: train|validate|test")
     clips.add_argument("--test-list", type=Path, help="MSR-VTT: a plain id list (e.g. the 1k-A test ids)")
-    extract.set_defaults(handler="howto_prep.extract:run_extract")
+    extract.set_defaults(handler="howto_prep.extract.command:run_extract")
 
     doctor = sub.add_parser("doctor", help="check that every native library of the stack works (names the broken one)")
     doctor.add_argument("--skip-ray", action="store_true", help="leave out the Ray start (about 5 s)")

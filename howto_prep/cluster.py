@@ -1,9 +1,12 @@
-"""Ray orchestration shared by download and extract: init, and a bounded in-flight map."""
+"""Ray orchestration shared by download and extract: init, a bounded in-flight map, and what a failed
+task's exception means."""
 
 from __future__ import annotations
 
 import os
 from typing import Any, Callable, Iterable, Iterator
+
+from howto_prep.errors import FailureKind
 
 
 def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
@@ -55,3 +58,24 @@ def bounded_map(submit: Callable[[Any], Any], items: Iterable[Any], max_in_fligh
     finally:  # the consumer stopped early (an error, a break): do not leave tasks running unobserved
         for ref in pending:
             ray.cancel(ref)
+
+
+def task_failure(err: BaseException) -> tuple[FailureKind, str]:
+    """(kind, one-line text) for an exception raised by a Ray task or actor.
+
+    An error that carries its own kind (a MediaError from decoding) keeps it; otherwise Ray's own
+    exception types say whether the memory monitor killed the worker, the process died, or the code
+    raised.
+    """
+    cause = getattr(err, "cause", None) or err
+    kind = getattr(cause, "kind", None)
+    text = " ".join(str(cause).split())
+    if not isinstance(kind, FailureKind):
+        name = type(cause).__name__
+        if "OutOfMemory" in name or "running low on memory" in text:
+            kind = FailureKind.OUT_OF_MEMORY  # retry with --retry-failed
+        elif "WorkerCrashed" in name or "ActorDied" in name:
+            kind = FailureKind.WORKER_DIED
+        else:
+            kind = FailureKind.ERROR
+    return kind, text[:800]

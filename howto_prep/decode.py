@@ -25,6 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from howto_prep import schema
+from howto_prep.errors import FailureKind
 
 DEFAULT_CHUNK_SECONDS = 10  # 10 s at 24 fps = 240 frames = 15 whole 16-frame clips
 MIN_DURATION_S = 1.0
@@ -34,7 +35,7 @@ VFR_TOLERANCE = 0.01  # relative spread of frame durations above which a file co
 class MediaError(Exception):
     """A video that cannot be used; `kind` goes to failures.jsonl (bad_media, no_video, too_short)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: FailureKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -103,12 +104,12 @@ def open_video(path: Path, num_threads: int = 0):
     decord = import_decord()
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
-        raise MediaError("bad_media", f"{path.name} is empty (0 bytes)")
+        raise MediaError(FailureKind.BAD_MEDIA, f"{path.name} is empty (0 bytes)")
     try:
         return decord.VideoReader(str(path), num_threads=num_threads)
     except Exception as err:  # decord raises RuntimeError/DECORDError with ffmpeg's text
         text = " ".join(str(err).split())[:500]
-        kind = "no_video" if "cannot find video stream" in text else "bad_media"
+        kind = FailureKind.NO_VIDEO if "cannot find video stream" in text else FailureKind.BAD_MEDIA
         raise MediaError(kind, f"cannot decode {path.name}: {text}") from None
 
 
@@ -122,7 +123,7 @@ def probe(reader) -> VideoInfo:
     times = frame_times(reader)
     duration = float(times[-1, 1] - times[0, 0])
     if not np.isfinite(duration) or duration < MIN_DURATION_S:
-        raise MediaError("too_short", f"video lasts {duration:.3f} s, shorter than {MIN_DURATION_S:g} s")
+        raise MediaError(FailureKind.TOO_SHORT, f"video lasts {duration:.3f} s, shorter than {MIN_DURATION_S:g} s")
     steps = np.diff(times[:, 0])
     variable = bool(len(steps) > 1 and (steps.max() - steps.min()) > VFR_TOLERANCE * max(steps.mean(), 1e-9))
     height, width = reader[0].shape[:2]
@@ -166,7 +167,7 @@ def read_audio(path: Path) -> np.ndarray | None:
     except Exception as err:
         if "audio stream" in str(err).lower():
             return None
-        raise MediaError("bad_media", f"cannot decode the audio of {Path(path).name}: "
+        raise MediaError(FailureKind.BAD_MEDIA, f"cannot decode the audio of {Path(path).name}: "
                          f"{' '.join(str(err).split())[:300]}") from None
     samples = np.asarray(reader._array if hasattr(reader, "_array") else reader[:].asnumpy(), dtype=np.float32)
     return np.ascontiguousarray(samples.reshape(-1) if samples.shape[0] == 1 else samples.mean(axis=0))

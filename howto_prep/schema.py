@@ -55,7 +55,12 @@ VOCAB_WORDS = "words.txt"
 VOCAB_VECTORS = "vectors.npy"
 VOCAB_W2V_IDS = "w2v_ids.npy"
 FAILURES_FILE = "failures.jsonl"
+CLIPS_FILE = "clips.json"  # a clip-level set's list of clips (benchmark, clip ids, num_expected)
 DEFAULT_SHARD_BYTES = 1_000_000_000
+
+# HowTo100M_v1.csv: its columns, and those every sample's meta.json copies from it.
+HOWTO100M_CSV_COLUMNS = ("video_id", "category_1", "category_2", "rank", "task_id")
+CSV_META_COLUMNS = HOWTO100M_CSV_COLUMNS[1:]
 
 # Download layout.
 MANIFEST_FILE = "manifest.sqlite"

@@ -8,51 +8,30 @@ is deleted by `clean_unfinished`, so its videos are redone.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import re
 import time
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from howto_prep import schema
+from howto_prep.errors import FailureKind
+from howto_prep.files import atomic_path, atomic_write_json, file_sha256, is_temp_name
 
 SHARD_JSON_PATTERN = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{6})\.json$")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary sibling, fsync, then rename over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
-
-
 def npy_bytes(array: np.ndarray) -> bytes:
-    """An array as .npy file bytes (what webdataset's default decoder reads back)."""
+    """An array as .npy file bytes (what webdataset's npy decoder reads back)."""
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     return buffer.getvalue()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shard_jsons(out_dir: Path) -> list[Path]:
@@ -75,9 +54,10 @@ def clean_unfinished(out_dir: Path) -> list[Path]:
     """Delete temporary files and tars without their JSON (a killed run's residue); return them."""
     out_dir = Path(out_dir)
     removed = []
-    for path in out_dir.glob(".*.tmp*"):
-        path.unlink(missing_ok=True)
-        removed.append(path)
+    for path in out_dir.iterdir():
+        if is_temp_name(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
     for tar in out_dir.glob("*.tar"):
         if not tar.with_suffix(".json").exists():
             tar.unlink(missing_ok=True)
@@ -100,9 +80,9 @@ def used_token_ids(out_dir: Path) -> np.ndarray:
     return np.unique(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
 
 
-def record_failure(out_dir: Path, video_id: str, kind: str, error: str) -> None:
+def record_failure(out_dir: Path, video_id: str, kind: FailureKind, error: str) -> None:
     """Append one line to failures.jsonl (a single small write, flushed)."""
-    line = json.dumps({"video_id": video_id, "kind": kind, "error": error,
+    line = json.dumps({"video_id": video_id, "kind": kind.value, "error": error,
                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     path = Path(out_dir) / schema.FAILURES_FILE
     torn = path.exists() and path.stat().st_size > 0 and _last_byte(path) != b"\n"  # a killed append
@@ -146,25 +126,20 @@ class ShardWriter:
         taken = [int(SHARD_JSON_PATTERN.match(p.name)["index"]) for p in shard_jsons(self.out_dir)
                  if SHARD_JSON_PATTERN.match(p.name)["prefix"] == prefix]
         self.next_index = max(taken) + 1 if taken else 0
+        self._shard: ExitStack | None = None  # the open shard: its temporary file, renamed on close_shard
         self._tar = None
-        self._tmp_path: Path | None = None
+        self._stream = None
         self._keys: list[str] = []
         self._token_ids: set[int] = set()
         self._seconds = 0.0
-        self.finished: list[Path] = []
 
     def write(self, key: str, fields: dict[str, bytes], token_ids: np.ndarray | None = None,
               seconds: float = 0.0) -> None:
         """Add one sample (`fields`: extension -> encoded bytes); roll over when the shard is full."""
-        import webdataset as wds
-
         if "." in key:
             raise ValueError(f"sample key {key!r} contains a dot")
-        if self._tar is None:
-            name = schema.SHARD_NAME.format(prefix=self.prefix, index=self.next_index)
-            self._tmp_path = self.out_dir / f".{name}.tmp{os.getpid()}"
-            self._stream = open(self._tmp_path, "wb")
-            self._tar = wds.TarWriter(self._stream, encoder=False, mtime=0.0)
+        if self._shard is None:
+            self._open_shard()
         self._tar.write({"__key__": key, **fields})
         self._keys.append(key)
         if token_ids is not None:
@@ -173,26 +148,33 @@ class ShardWriter:
         if self._stream.tell() >= self.max_bytes:
             self.close_shard()
 
+    def _open_shard(self) -> None:
+        import webdataset as wds
+
+        self._shard = ExitStack()
+        temp = self._shard.enter_context(atomic_path(self._final_path(schema.SHARD_NAME)))
+        self._stream = self._shard.enter_context(open(temp, "wb"))
+        self._tar = wds.TarWriter(self._stream, encoder=False, mtime=0.0)
+
+    def _final_path(self, pattern: str) -> Path:
+        return self.out_dir / pattern.format(prefix=self.prefix, index=self.next_index)
+
     def close_shard(self) -> Path | None:
         """Finish the open shard: close, fsync, rename, hash, then write its JSON and the index."""
-        if self._tar is None:
+        if self._shard is None:
             return None
         self._tar.close()
-        self._stream.flush()
-        os.fsync(self._stream.fileno())
-        self._stream.close()
-        index = self.next_index
-        final = self.out_dir / schema.SHARD_NAME.format(prefix=self.prefix, index=index)
-        os.replace(self._tmp_path, final)
+        self._shard.close()  # closes the file, then syncs and renames it to its final name
+        final = self._final_path(schema.SHARD_NAME)
         record = {"url": final.name, "keys": self._keys, "count": len(self._keys),
                   "bytes": final.stat().st_size, "sha256": file_sha256(final),
                   "video_seconds": round(self._seconds, 3), "token_ids": sorted(self._token_ids),
                   "schema_version": schema.SCHEMA_VERSION}
-        atomic_write_json(self.out_dir / schema.SHARD_JSON.format(prefix=self.prefix, index=index), record)
+        atomic_write_json(self._final_path(schema.SHARD_JSON), record)
         write_index(self.out_dir)
-        self._tar, self._tmp_path, self._keys, self._token_ids, self._seconds = None, None, [], set(), 0.0
+        self._shard, self._tar, self._stream = None, None, None
+        self._keys, self._token_ids, self._seconds = [], set(), 0.0
         self.next_index += 1
-        self.finished.append(final)
         return final
 
     def close(self) -> None:
@@ -202,12 +184,16 @@ class ShardWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        # On an error the open shard is left unfinished (no JSON): the next run redoes its videos.
+        # On an error the open shard is discarded (its temporary file removed, no JSON written):
+        # the next run redoes its videos.
         if exc[0] is None:
             self.close()
-        elif self._tar is not None:
-            self._tar.close()
-            self._stream.close()
+        elif self._shard is not None:
+            try:
+                self._tar.close()  # before its file goes (tarfile would flush into a closed file later)
+            finally:
+                self._shard.__exit__(*exc)
+                self._shard, self._tar, self._stream = None, None, None
 
 
 def iterate_samples(out_dir: Path) -> Iterator[dict]:
@@ -217,10 +203,16 @@ def iterate_samples(out_dir: Path) -> Iterator[dict]:
     urls = [str(Path(out_dir) / record["url"]) for record in read_shard_records(out_dir)]
     if not urls:
         return iter(())
-    return iter(wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode())
+    from webdataset.autodecode import npy_loads
+
+    # Only the two encodings the schema uses; webdataset's default list would also unpickle
+    # .pyd/.pickle and torch.load .pth members of a tar it is handed.
+    decoders = (wds.handle_extension("npy", npy_loads), wds.handle_extension("json", json.loads))
+    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    return iter(dataset.decode(*decoders, pre=[], post=[]))
 
 
-def summary_table(shard_dir: Path) -> str:
+def shard_set_summary(shard_dir: Path) -> str:
     """`howto-prep status shards/`: videos, hours, bytes, shards, failures by kind."""
     shard_dir = Path(shard_dir)
     records = read_shard_records(shard_dir)

@@ -13,13 +13,13 @@ def run_status(args: argparse.Namespace) -> int:
     if not path.is_dir():
         raise UserError(f"{path} is not a folder")
     if (path / schema.MANIFEST_FILE).exists():
-        from howto_prep.manifest import summary_table
+        from howto_prep.download.manifest import manifest_summary
 
-        print(summary_table(path))
+        print(manifest_summary(path))
         return 0
     if (path / schema.INDEX_FILE).exists() or any(path.glob("*.tar")) or (path / schema.FAILURES_FILE).exists():
-        from howto_prep.shards import summary_table as shard_summary
+        from howto_prep.shards import shard_set_summary
 
-        print(shard_summary(path))
+        print(shard_set_summary(path))
         return 0
     raise UserError(f"{path} holds neither {schema.MANIFEST_FILE} nor shards")

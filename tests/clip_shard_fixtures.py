@@ -93,7 +93,7 @@ _PRETRAINED: dict[int, Path] = {}
 
 
 def pretrained_checkpoint(root: Path, seed: int = 0) -> Path:
-    """A tiny EAO pretrained for two steps by the real engine on a video-level fixture of another world.
+    """A tiny EAO pretrained for two steps by the real trainer on a video-level fixture of another world.
 
     Made once per test session and seed (under the first caller's temporary folder); treat it as read-only.
     """
@@ -101,9 +101,9 @@ def pretrained_checkpoint(root: Path, seed: int = 0) -> Path:
         return _PRETRAINED[seed]
     from shard_fixtures import write_shard_set
 
-    from mft_train.config import load_config
-    from mft_train.distributed import init_distributed
-    from mft_train.engine import train
+    from mft_train.presets import load_config
+    from mft_train.training.distributed import init_distributed
+    from mft_train.training.pretrain import train
 
     root = Path(root)
     write_shard_set(root / "pretrain-shards", videos=4, shards=1, seed=seed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from howto_prep.doctor import first_problem
-from howto_prep.synthetic import CorpusInfo, generate_corpus
+from howto_prep.synthetic.corpus import CorpusInfo, generate_corpus
 
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from howto_prep.catalog import VideoRecord, load_records, read_howto_csv, read_id_list, video_id_from_url
+from howto_prep.download.catalog import CatalogEntry, load_records, read_howto_csv, read_id_list, video_id_from_url
 from howto_prep.errors import UserError
 
 HEADER = "video_id,category_1,category_2,rank,task_id\n"
@@ -22,12 +22,12 @@ def test_csv_rows_become_records_in_order_without_duplicates(tmp_path: Path) -> 
     path = write(tmp_path, "HowTo100M_v1.csv", HEADER + "nVbIUDjzWY4,Cars & Other Vehicles,Motorcycles,27,52907\n"
                  "CTPAZ2euJ2Q,Cars & Other Vehicles,Motorcycles,35,109057\n\n"
                  "nVbIUDjzWY4,Cars & Other Vehicles,Motorcycles,27,52907\n")
-    assert read_howto_csv(path) == [VideoRecord("nVbIUDjzWY4"), VideoRecord("CTPAZ2euJ2Q")]
+    assert read_howto_csv(path) == [CatalogEntry("nVbIUDjzWY4"), CatalogEntry("CTPAZ2euJ2Q")]
 
 
 def test_csv_with_a_byte_order_mark_and_quoted_fields(tmp_path: Path) -> None:
     path = write(tmp_path, "v.csv", "\ufeff" + HEADER + 'a-b_c,"Food, Drink",Baking,1,2\n')
-    assert read_howto_csv(path) == [VideoRecord("a-b_c")]
+    assert read_howto_csv(path) == [CatalogEntry("a-b_c")]
 
 
 @pytest.mark.parametrize("text, message", [
@@ -57,9 +57,9 @@ def test_id_list_with_urls_comments_and_duplicates(tmp_path: Path) -> None:
     path = write(tmp_path, "ids.txt", "# my list\nabc123\n\n  https://www.youtube.com/watch?v=XyZ_-09&t=3s\n"
                  "https://youtu.be/abc123\nhttp://127.0.0.1:8000/videos/clip7.mp4\n"
                  "https://www.youtube.com/shorts/short1\n")
-    assert read_id_list(path) == [VideoRecord("abc123"), VideoRecord("XyZ_-09"),
-                                  VideoRecord("clip7", "http://127.0.0.1:8000/videos/clip7.mp4"),
-                                  VideoRecord("short1")]
+    assert read_id_list(path) == [CatalogEntry("abc123"), CatalogEntry("XyZ_-09"),
+                                  CatalogEntry("clip7", "http://127.0.0.1:8000/videos/clip7.mp4"),
+                                  CatalogEntry("short1")]
 
 
 @pytest.mark.parametrize("url, video_id", [
@@ -84,6 +84,6 @@ def test_empty_list_and_source_choice(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="holds no video ids"):
         read_id_list(write(tmp_path, "ids.txt", "# nothing yet\n\n"))
     ids = write(tmp_path, "ok.txt", "abc\n")
-    assert load_records(None, ids) == [VideoRecord("abc")]
+    assert load_records(None, ids) == [CatalogEntry("abc")]
     with pytest.raises(UserError, match="exactly one"):
         load_records(ids, ids)

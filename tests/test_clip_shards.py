@@ -7,8 +7,8 @@ import pytest
 from gensim.models import Word2Vec
 
 from howto_prep import schema, shards
-from howto_prep.clip_shards import CLIPS_FILE, build_clip_shards, row_span
-from howto_prep.clipsets import ClipRecord
+from howto_prep.extract.annotations import ClipRecord
+from howto_prep.extract.clip_set import build_clip_shards, row_span
 from howto_prep.features.tokens import Word2VecVocabulary
 
 
@@ -68,7 +68,7 @@ def test_clip_shards_slice_and_list_missing(tmp_path, vocab):
     assert "logmel.npy" not in second
     words = vocab.words_for(second["tokens.npy"])
     assert words == ["slice", "onions"] and second["token_offsets.npy"].tolist() == [0, 2]
-    manifest = json.loads((out / CLIPS_FILE).read_text())
+    manifest = json.loads((out / schema.CLIPS_FILE).read_text())
     assert manifest["num_expected"] == 3 and manifest["missing"] == ["gone_______0000"]
     vocab_words = (out / "vocab" / "words.txt").read_text().split()
     assert sorted(vocab_words) == sorted({"crack", "the", "eggs", "slice", "onions"})

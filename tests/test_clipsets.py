@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from howto_prep.clipsets import load_clips_csv, load_msrvtt, load_youcook2
+from howto_prep.extract.annotations import load_clips_csv, load_msrvtt, load_youcook2
 from howto_prep.errors import UserError
 
 

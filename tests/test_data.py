@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from howto_prep.errors import UserError
-from mft_train.data import LoaderPlan, WordTable, decode_sample, discover_shards, make_loader
-from mft_train.data_clips import ClipPlan, ClipSpec, VideoRecord, cut_clip, draw_start, plan_clip, video_token_rows
+from mft_train.data.clips import ClipPlan, ClipSpec, clip_arrays, draw_start, plan_clip, video_token_rows
+from mft_train.data.shards import DecodedSample, WordTable, decode_sample, discover_shards
+from mft_train.data.stream import LoaderPlan, make_loader
 from shard_fixtures import add_corrupt_shard, write_shard_set
 
 SPEC = ClipSpec()  # the paper's sizes: 8 s, 12 video tokens, 768 frames, +4 s, 20 words
@@ -69,9 +70,9 @@ def test_video_tokens_resample_2d_to_the_3d_rate_by_nearest_neighbour():
     assert rows3d.tolist() == [3, 4] and rows2d.tolist() == [2, 2]  # clamped to the last rows
 
 
-def make_record(with_audio: bool = True) -> VideoRecord:
+def make_record(with_audio: bool = True) -> DecodedSample:
     rng = np.random.default_rng(1)
-    return VideoRecord(
+    return DecodedSample(
         video_id="abc",
         duration=20.0,
         resnet152=rng.standard_normal((20, 2048)).astype(np.float16),
@@ -84,10 +85,10 @@ def make_record(with_audio: bool = True) -> VideoRecord:
     )
 
 
-def test_cut_clip_words_quirk_video_rows_and_audio_window():
+def test_clip_arrays_words_quirk_video_rows_and_audio_window():
     record = make_record()
     plan = ClipPlan(3.0, (1, 2, 0, 3), (0.0, 12.0), (7.0, 14.68))
-    clip = cut_clip(record, plan, SPEC)
+    clip = clip_arrays(record, plan, SPEC)
     # caption words in order of addition (anchor 1, then 2, 0, 3), not in time order: the quirk
     assert clip["token_ids"].tolist() == [20, 30, 31, 32, 10, 11, 40]
     assert clip["video_mask"].all()
@@ -98,10 +99,10 @@ def test_cut_clip_words_quirk_video_rows_and_audio_window():
     # audio frames 700..1467 of 1500: all real
     assert clip["audio_mask"].all()
     np.testing.assert_array_equal(clip["audio"], record.logmel[:, 700:1468].astype(np.float32))
-    late = cut_clip(record, ClipPlan(10.0, (), (10.0, 18.0), (14.0, 21.68)), SPEC)
+    late = clip_arrays(record, ClipPlan(10.0, (), (10.0, 18.0), (14.0, 21.68)), SPEC)
     assert late["audio_mask"].sum() == 100 and not late["audio_mask"][100:].any()  # 1400..1499
     assert late["token_ids"].size == 0
-    silent = cut_clip(make_record(with_audio=False), plan, SPEC)
+    silent = clip_arrays(make_record(with_audio=False), plan, SPEC)
     assert not silent["audio_mask"].any() and not silent["audio"].any()
 
 

@@ -6,13 +6,16 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from mft_train.config import load_config
-from mft_train.distributed import DistInfo
-from mft_train.engine import train
+import global_batchnorm
+from mft_train.presets import load_config
+from mft_train.training import distributed
+from mft_train.training.distributed import DistInfo
+from mft_train.training.pretrain import train
 from shard_fixtures import write_shard_set
 
 SETTINGS = [
@@ -21,7 +24,7 @@ SETTINGS = [
     "data.clips_per_video=2", "data.workers=0", "data.order=fixed",  # same global batches at any world size
     "train.batch=4", "train.device=cpu", "train.cpu_threads=1", "train.lr=1e-3",
     "train.epochs=1", "train.steps_per_epoch=2", "train.checkpoint_every=100",
-    "train.sync_batchnorm=true",  # DAVEnet's BatchNorm over the global batch, as in one process
+    "train.sync_batchnorm=true",  # DAVEnet's BatchNorm over the global batch (tests/global_batchnorm.py on CPU)
 ]
 
 
@@ -30,15 +33,16 @@ def losses(run_dir) -> list[float]:
 
 
 @pytest.mark.timeout(300)
-def test_two_gloo_ranks_match_one_process(tmp_path):
+def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
     shards = tmp_path / "shards"
     write_shard_set(shards, videos=8, shards=2, topics=2)
+    monkeypatch.setattr(distributed, "sync_batchnorm", global_batchnorm.convert_to_global_batchnorm)
 
     single = train(load_config("eao_small", SETTINGS), shards, tmp_path / "single",
                    DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "mft_train.cli", "pretrain", "--shards", str(shards), "--out", str(tmp_path / "ddp"),
+               str(Path(global_batchnorm.__file__)), "pretrain", "--shards", str(shards), "--out", str(tmp_path / "ddp"),
                "--config", "eao_small"]
     command += [arg for item in SETTINGS for arg in ("--set", item)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

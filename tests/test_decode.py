@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from howto_prep import decode
-from howto_prep.media_writer import write_mp4
+from howto_prep.synthetic.mp4 import write_mp4
 
 LEVEL_STEP = 3  # frame i is a flat grey of level 3 * i (< 256 for <= 85 frames): a frame names its index
 

@@ -15,16 +15,17 @@ import numpy as np
 import pytest
 
 from howto_prep import schema
-from howto_prep.catalog import VideoRecord
 from howto_prep.cli import main as cli_main
-from howto_prep.credentials import Credentials, load_credentials, redact
-from howto_prep.download import AUTH_STOP_AFTER, DownloadPlan, download_all, sources_for
-from howto_prep.download_task import FetchSettings
-from howto_prep.download_youtube import classify_ytdlp_error
+from howto_prep.download.catalog import CatalogEntry
+from howto_prep.download.command import AUTH_STOP_AFTER, download_all
+from howto_prep.download.credentials import Credentials, load_credentials, redact
+from howto_prep.download.manifest import Manifest, manifest_summary
+from howto_prep.download.plan import DownloadPlan, sources_for
+from howto_prep.download.task import FetchSettings
+from howto_prep.download.youtube import classify_ytdlp_error
 from howto_prep.errors import UserError
-from howto_prep.manifest import Manifest, summary_table
-from howto_prep.media_writer import write_mp4
-from howto_prep.mirror import LoopbackMirror
+from howto_prep.synthetic.mirror_server import LoopbackMirror
+from howto_prep.synthetic.mp4 import write_mp4
 
 USER = "researcher"
 PASSWORD = "pw-7f3c9a1e5b"
@@ -92,7 +93,7 @@ def plan(out: Path, url: str, **changes) -> DownloadPlan:
 
 def test_faults_end_in_the_right_status_and_reruns_are_selective(library: Path, tmp_path: Path) -> None:
     out = tmp_path / "videos"
-    records = [VideoRecord(video_id) for video_id in IDS]
+    records = [CatalogEntry(video_id) for video_id in IDS]
     with LoopbackMirror(library, (USER, PASSWORD), FAULTS, stall_seconds=2.0) as mirror:
         summary = download_all(records, plan(out, mirror.url))
         first_requests = dict(mirror.requests)
@@ -193,8 +194,8 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(library: Path, tmp_path: 
         for final in killed.glob("*/*.mp4"):  # only whole files ever carry a final name
             assert final.read_bytes() == source_file(library, final.stem).read_bytes()
         patient = FetchSettings(timeout_s=10.0, attempts=3, backoff_s=0.05)
-        download_all([VideoRecord(v) for v in ids], plan(killed, mirror.url, settings=patient))
-        download_all([VideoRecord(v) for v in ids], plan(clean, mirror.url, settings=patient))
+        download_all([CatalogEntry(v) for v in ids], plan(killed, mirror.url, settings=patient))
+        download_all([CatalogEntry(v) for v in ids], plan(clean, mirror.url, settings=patient))
     assert_no_secret(files_under(killed), stdout.decode(), stderr.decode(), *command_lines)
     assert relative_files(killed) == relative_files(clean)
     assert row_facts(killed) == row_facts(clean)
@@ -249,8 +250,8 @@ def test_ytdlp_fetches_urls_and_maps_errors(library: Path, tmp_path: Path, capsy
     assert (out / "go" / "good02.mp4").read_bytes() == source_file(library, "good02").read_bytes()
     assert "HTTP Error 404" in rows["nothere"].error
     printed = capsys.readouterr().out
-    assert summary_table(out) in printed
-    assert cli_main(["status", str(out)]) == 0 and summary_table(out) in capsys.readouterr().out
+    assert manifest_summary(out) in printed
+    assert cli_main(["status", str(out)]) == 0 and manifest_summary(out) in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("text, kind", [
@@ -261,7 +262,7 @@ def test_ytdlp_fetches_urls_and_maps_errors(library: Path, tmp_path: Path, capsy
     ("[generic] x: Unable to download webpage: HTTP Error 404: Not Found", "not_found"),
     ("[generic] x: Unable to download webpage: <urlopen error timed out>", "timeout"),
     ("[generic] x: Unable to download webpage: HTTP Error 503: Service Unavailable", "network"),
-    ("Something nobody anticipated", "other"),
+    ("Something nobody anticipated", "error"),
 ])
 def test_ytdlp_error_texts_map_to_kinds(text: str, kind: str) -> None:
     assert classify_ytdlp_error(text) == kind
@@ -269,11 +270,11 @@ def test_ytdlp_error_texts_map_to_kinds(text: str, kind: str) -> None:
 
 def test_sources_per_record_and_mode(tmp_path: Path) -> None:
     base = dict(out=tmp_path, mirror_url="http://127.0.0.1:1")
-    assert sources_for(VideoRecord("a"), DownloadPlan(source="auto", **base)) == ("mirror", "youtube")
-    assert sources_for(VideoRecord("a"), DownloadPlan(source="mirror", **base)) == ("mirror",)
-    assert sources_for(VideoRecord("a"), DownloadPlan(source="youtube", **base)) == ("youtube",)
-    assert sources_for(VideoRecord("a"), DownloadPlan(out=tmp_path, source="auto")) == ("youtube",)
-    assert sources_for(VideoRecord("a", "http://h/a.mp4"), DownloadPlan(source="mirror", **base)) == ("url",)
+    assert sources_for(CatalogEntry("a"), DownloadPlan(source="auto", **base)) == ("mirror", "youtube")
+    assert sources_for(CatalogEntry("a"), DownloadPlan(source="mirror", **base)) == ("mirror",)
+    assert sources_for(CatalogEntry("a"), DownloadPlan(source="youtube", **base)) == ("youtube",)
+    assert sources_for(CatalogEntry("a"), DownloadPlan(out=tmp_path, source="auto")) == ("youtube",)
+    assert sources_for(CatalogEntry("a", "http://h/a.mp4"), DownloadPlan(source="mirror", **base)) == ("url",)
 
 
 def test_credentials_from_file_or_environment_and_redaction(tmp_path: Path, capsys) -> None:

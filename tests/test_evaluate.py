@@ -14,11 +14,14 @@ import torch
 from clip_shard_fixtures import pretrained_checkpoint, write_clip_set
 from shard_fixtures import write_shard_set
 from mft_train.cli import main
-from mft_train.data_clips import ClipSpec, VideoRecord
-from mft_train.config import load_config
-from mft_train.eval_data import clip_batches, clip_windows, open_clip_set, whole_clip
-from mft_train.evaluate import COMBINATIONS, _average_windows, evaluate_model, score_embeddings
-from mft_train.metrics import retrieval_metrics
+from mft_train.data.clips import ClipSpec
+from mft_train.data.eval_sets import clip_batches, clip_windows, open_clip_set, whole_clip
+from mft_train.data.shards import DecodedSample
+from mft_train.evaluation.encode import average_windows
+from mft_train.evaluation.evaluate import evaluate_model
+from mft_train.evaluation.metrics import retrieval_metrics
+from mft_train.evaluation.scoring import COMBINATIONS, score_embeddings
+from mft_train.presets import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PRESENT, MISSING = 8, 2
@@ -95,7 +98,7 @@ def test_windows_of_a_clip_are_averaged_without_their_empty_windows() -> None:
            for offset, k in enumerate(("t", "v", "a", "tv", "ta", "va"))}
     out = {**emb, "t_empty": torch.tensor([False, False, False, True]), "v_empty": torch.zeros(4, dtype=torch.bool),
            "a_empty": torch.tensor([False, False, True, False])}
-    averaged = _average_windows(out, torch.tensor([0, 0, 0, 1]), 2)
+    averaged = average_windows(out, torch.tensor([0, 0, 0, 1]), 2)
     rows = {k: emb[k].numpy() for k in emb}
     np.testing.assert_allclose(averaged["v"][0], rows["v"][:3].mean(0))
     np.testing.assert_allclose(averaged["a"][0], rows["a"][:2].mean(0))  # window 2 has no audio
@@ -105,9 +108,9 @@ def test_windows_of_a_clip_are_averaged_without_their_empty_windows() -> None:
     assert averaged["a_empty"].tolist() == [False, False]
 
 
-def _record() -> VideoRecord:
+def _record() -> DecodedSample:
     rng = np.random.default_rng(0)
-    return VideoRecord(
+    return DecodedSample(
         video_id="clipA_0000", duration=10.0,
         resnet152=rng.standard_normal((10, 2048)).astype(np.float16),
         resnext101=rng.standard_normal((15, 2048)).astype(np.float16),
@@ -186,7 +189,7 @@ def test_mcn_is_scored_with_dot_products_against_v_plus_a(setup: dict) -> None:
     """The evaluator only needs t, v, a: MCN (raw, unnormalised embeddings) is scored like its paper."""
     from mft_train.models.mcn import build_mcn
 
-    model_cfg = load_config("mcn_small")["model"]
+    model_cfg = dict(load_config("mcn_small").model)
     model_cfg.pop("name")
     torch.manual_seed(0)
     model = build_mcn(model_cfg)

@@ -20,13 +20,14 @@ import numpy as np
 import pytest
 
 from howto_prep import schema, shards
-from howto_prep.media_writer import write_mp4
-from howto_prep.synthetic import generate_corpus
+from howto_prep.files import file_sha256
+from howto_prep.synthetic.corpus import generate_corpus
+from howto_prep.synthetic.mp4 import write_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 EXTRA_ID = "nocaption01"  # a good video that caption.json does not know
 BAD = {"empty00": "bad_media", "trunc00": "bad_media", "audioonly0": "no_video", "short00": "too_short",
-       "00hang": "timeout"}
+       "00hang": "decode_timeout"}
 TIMEOUT_S = 20
 
 
@@ -109,7 +110,7 @@ def test_every_good_video_is_written_with_schema_shapes(corpus: dict) -> None:
             assert rows.dtype == np.float16
             np.testing.assert_allclose(np.linalg.norm(rows.astype(np.float32), axis=1), 1.0, atol=2e-3)
         assert meta["schema_version"] == schema.SCHEMA_VERSION and meta["video_id"] == key
-        assert meta["features"]["resnet152"]["weights_sha256"] == shards.file_sha256(corpus["weights_2d"])
+        assert meta["features"]["resnet152"]["weights_sha256"] == file_sha256(corpus["weights_2d"])
         assert meta["features"]["resnext101"]["weights"] == "random"
         if key in csv_rows:
             assert meta["category_1"] == csv_rows[key][1] and meta["task_id"] == int(csv_rows[key][4])
@@ -197,7 +198,7 @@ def test_bad_media_is_recorded_and_skipped(corpus: dict) -> None:
     assert {vid: rec["kind"] for vid, rec in failures.items()} == BAD
     assert all(rec["error"] for rec in failures.values())
     summary = corpus["result"].stdout
-    assert re.search(r"videos\s+4\b", summary) and re.search(r"failed: timeout\s+1\b", summary)
+    assert re.search(r"videos\s+4\b", summary) and re.search(r"failed: decode_timeout\s+1\b", summary)
     status = cli("status", str(corpus["out"]))
     assert status.returncode == 0 and re.search(r"failed videos\s+5\b", status.stdout)
 

@@ -6,8 +6,7 @@ import json
 import subprocess
 import sys
 
-from howto_prep import shards
-from howto_prep.clip_shards import CLIPS_FILE
+from howto_prep import schema, shards
 
 FEATURES = "logmel,tokens"  # the visual models are covered by test_extract; clip cutting is what is tested here
 
@@ -24,7 +23,7 @@ def test_youcook2_and_msrvtt_clip_counts(synth_corpus, tmp_path):
     result = extract("--videos", str(synth_corpus.heldout_videos_dir), "--word2vec", str(synth_corpus.word2vec),
                      "--youcook2", str(synth_corpus.youcook2_json), "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
-    manifest = json.loads((out / CLIPS_FILE).read_text())
+    manifest = json.loads((out / schema.CLIPS_FILE).read_text())
     assert manifest["num_expected"] == expected and not manifest["missing"]
     samples = list(shards.iterate_samples(out))
     assert len(samples) == expected

@@ -11,8 +11,9 @@ import torch
 
 from howto_prep.errors import UserError
 from howto_prep.features.resnet2d import ResNet152Features
-from howto_prep.features.weights import RandomWeightsWarning, sha256_file
-from howto_prep.media_writer import write_mp4
+from howto_prep.features.weights import RandomWeightsWarning
+from howto_prep.files import file_sha256
+from howto_prep.synthetic.mp4 import write_mp4
 
 FPS = 8
 TIMESTAMPS = (0.5, 1.5, 2.5)
@@ -121,7 +122,7 @@ def test_matches_independent_torchvision_pipeline(video, random_resnet_file):
     assert cosine_rows(ours_moves, reference_moves).min() >= 0.99
     assert cosine_rows(ours_moves, reference_moves[::-1]).max() < 0.9
     assert extractor.info == {"model": "torchvision.resnet152 trunk+avgpool", "weights": str(random_resnet_file),
-                              "weights_sha256": sha256_file(random_resnet_file), "rate": 1.0, "dim": 2048}
+                              "weights_sha256": file_sha256(random_resnet_file), "rate": 1.0, "dim": 2048}
 
 
 def test_random_weights_are_loud_deterministic_and_shaped():
@@ -149,7 +150,7 @@ def test_imagenet_reads_torchvision_cache(tmp_path, monkeypatch, random_resnet_f
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     extractor = ResNet152Features(weights="imagenet")
     assert extractor.info["weights"] == "imagenet"
-    assert extractor.info["weights_sha256"] == sha256_file(cached)
+    assert extractor.info["weights_sha256"] == file_sha256(cached)
     state = torch.load(random_resnet_file, weights_only=True)["state_dict"]
     assert torch.equal(extractor.model.layer4[2].conv3.weight, state["module.layer4.2.conv3.weight"])
 

@@ -11,7 +11,8 @@ import torch
 from howto_prep.errors import UserError
 from howto_prep.features.resnext3d import ResNeXt101Features
 from howto_prep.features.resnext3d_arch import ResNeXt3d
-from howto_prep.features.weights import RandomWeightsWarning, sha256_file
+from howto_prep.features.weights import RandomWeightsWarning
+from howto_prep.files import file_sha256
 
 KINETICS_MEAN = np.array([110.63, 103.16, 96.29])
 
@@ -92,7 +93,7 @@ def test_hara_checkpoint_round_trip_and_features(hara_checkpoint):
     assert ours.dtype == np.float16 and ours.shape == (2, 2048)
     np.testing.assert_allclose(ours.astype(np.float64), expected, atol=2e-3)
     assert extractor.info == {"model": extractor.info["model"], "weights": str(path),
-                              "weights_sha256": sha256_file(path), "rate": 1.5, "dim": 2048}
+                              "weights_sha256": file_sha256(path), "rate": 1.5, "dim": 2048}
     assert "resnext101" in extractor.info["model"]
 
 

@@ -12,10 +12,11 @@ import torch
 
 from clip_shard_fixtures import pretrained_checkpoint, write_clip_set
 from mft_train.cli import main
-from mft_train.config import load_config
-from mft_train.eval_data import open_clip_set
-from mft_train.evaluate import evaluate_checkpoint, load_checkpoint
-from mft_train.finetune import rank_slice, steps_in_epoch
+from mft_train.data.eval_sets import open_clip_set
+from mft_train.evaluation.evaluate import evaluate_checkpoint
+from mft_train.presets import load_config
+from mft_train.training.checkpoints import load_checkpoint
+from mft_train.training.finetune import rank_slice, steps_in_epoch
 
 TOPICS = 8
 EPOCHS = 2
@@ -52,12 +53,12 @@ def test_presets_follow_the_papers_recipe() -> None:
     paper = {"eao_finetune_youcook2": (1e-5, 5, 256, 72, 4608), "eao_finetune_msrvtt": (5e-5, 25, 128, 48, 3072)}
     for preset, (lr, epochs, batch, tokens, frames) in paper.items():
         config = load_config(preset)
-        train, data = config["train"], config["data"]
-        assert (train["lr"], train["epochs"], train["batch"], data["video_tokens"], data["audio_frames"]) == (lr, epochs, batch, tokens, frames)
-        assert config["loss"]["weights"] == dict.fromkeys(("t_v", "t_a", "v_a", "t_va", "v_ta", "a_tv"), 1.0)
-        assert train["optimizer"] == "adam" and train["lr_gamma"] == 1.0 and not data["audio_shift"]
+        train, data = config.train, config.data
+        assert (train.lr, train.epochs, train.batch, data.video_tokens, data.audio_frames) == (lr, epochs, batch, tokens, frames)
+        assert config.loss.weights == dict.fromkeys(("t_v", "t_a", "v_a", "t_va", "v_ta", "a_tv"), 1.0)
+        assert train.optimizer == "adam" and train.lr_gamma == 1.0 and not data.audio_shift
     small = load_config("eao_finetune_small")
-    assert small["loss"]["weights"] == load_config("eao_finetune_youcook2")["loss"]["weights"]
+    assert small.loss.weights == load_config("eao_finetune_youcook2").loss.weights
 
 
 def test_finetuning_raises_t_va_recall_on_held_out_clips(finetuned: dict, capsys: pytest.CaptureFixture) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from howto_prep.errors import UserError
-from mft_train.losses import PRETRAIN_WEIGHTS, combinatorial_loss, norm_softmax_loss
+from mft_train.losses.combinatorial import PAPER_PRETRAIN_WEIGHTS, combinatorial_loss, norm_softmax_loss
 
 
 def loop_norm_softmax(sim: list[list[float]], temperature: float) -> float:
@@ -69,20 +69,20 @@ TERMS = {"t_v": ("t", "v", "tv"), "t_a": ("t", "a", "ta"), "v_a": ("v", "a", "va
 
 def test_combinatorial_loss_with_empty_rows_matches_hand_computation() -> None:
     out = make_out(batch=6, dim=5, empties={"t": [1], "a": [3, 4]})
-    total, parts = combinatorial_loss(out, PRETRAIN_WEIGHTS, temperature=0.05)
+    total, parts = combinatorial_loss(out, PAPER_PRETRAIN_WEIGHTS, temperature=0.05)
     numerator = 0.0
     denominator = 0.0
     for term, (query, target, involved) in TERMS.items():
         expected = loop_term(out, query, target, involved, 0.05)
         assert parts[term].item() == pytest.approx(expected, rel=1e-6), term
-        numerator += PRETRAIN_WEIGHTS[term] * expected
-        denominator += PRETRAIN_WEIGHTS[term]
+        numerator += PAPER_PRETRAIN_WEIGHTS[term] * expected
+        denominator += PAPER_PRETRAIN_WEIGHTS[term]
     assert total.item() == pytest.approx(numerator / denominator, rel=1e-6)
 
 
 def test_dropped_rows_receive_no_gradient() -> None:
     out = make_out(batch=5, dim=4, empties={"t": [2]})
-    total, _ = combinatorial_loss(out, PRETRAIN_WEIGHTS)
+    total, _ = combinatorial_loss(out, PAPER_PRETRAIN_WEIGHTS)
     total.backward()
     # Row 2 has no text: every term with t (t_v, t_a, t_va, and the tv / ta pair targets) drops it.
     for key in ("t", "tv", "ta"):
@@ -95,8 +95,7 @@ def test_dropped_rows_receive_no_gradient() -> None:
 
 def test_terms_without_valid_rows_leave_the_normalisation() -> None:
     out = make_out(batch=4, dim=3, empties={"a": [0, 1, 2, 3]})
-    weights = {"t_v": 1.0, "t_a": 0.1, "v_a": 0.1, "t_va": 0.1, "v_ta": 0.1, "a_tv": 0.1}
-    total, parts = combinatorial_loss(out, weights)
+    total, parts = combinatorial_loss(out, PAPER_PRETRAIN_WEIGHTS)
     assert set(parts) == {"t_v"}
     assert total.item() == pytest.approx(loop_term(out, "t", "v", "tv", 0.05), rel=1e-6)
 

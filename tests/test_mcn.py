@@ -10,11 +10,12 @@ import torch
 import yaml
 
 from howto_prep.errors import UserError
-from mft_train.data import LoaderPlan, discover_shards, make_loader
-from mft_train.data_clips import ClipSpec
-from mft_train.kmeans import assign_cosine
-from mft_train.metrics import retrieval_metrics
-from mft_train.mcn_losses import (
+from mft_train.data.clips import ClipSpec
+from mft_train.data.shards import discover_shards
+from mft_train.data.stream import LoaderPlan, make_loader
+from mft_train.evaluation.metrics import retrieval_metrics
+from mft_train.losses.kmeans import assign_cosine
+from mft_train.losses.mcn import (
     ClusterState,
     MCNLossConfig,
     cluster_loss,
@@ -182,7 +183,7 @@ def test_cluster_state_refits_every_n_steps_warm_started_and_clustering_terms_fo
     # Step 4 refits on the queue, warm-started from `first`: same result as a KMeans started there.
     mcn_loss(batches[3], state, config)
     assert state.fits == 2
-    from mft_train.kmeans import KMeans
+    from mft_train.losses.kmeans import KMeans
 
     queue = torch.cat([queue_before, fused, ((batches[3]["t"] + batches[3]["v"] + batches[3]["a"]) / 3).detach()])[-12:]
     assert torch.allclose(state.queue.values(), queue)

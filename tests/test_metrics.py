@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from howto_prep.errors import UserError
-from mft_train.metrics import retrieval_metrics
+from mft_train.evaluation.metrics import retrieval_metrics
 
 # Row i = query i, ground truth on the diagonal. Zero-based ranks, worked out by hand:
 #   q0: 0.9 beats all                                   -> 0

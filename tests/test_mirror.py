@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from howto_prep.media_writer import write_mp4
-from howto_prep.mirror import LoopbackMirror, parse_fault
+from howto_prep.synthetic.mp4 import write_mp4
+from howto_prep.synthetic.mirror_server import LoopbackMirror, parse_fault
 
 USER, PASSWORD = "mirror-user", "s3cret-word"
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from howto_prep.errors import UserError
-from mft_train.losses import PRETRAIN_WEIGHTS, combinatorial_loss
+from mft_train.losses.combinatorial import PAPER_PRETRAIN_WEIGHTS, combinatorial_loss
 from mft_train.models import build_model
 from mft_train.models.davenet import build_davenet, downsample_mask
 from mft_train.models.layers import FusionBlock, masked_mean
@@ -122,8 +122,8 @@ def test_tiny_forward_backward_with_masks() -> None:
     assert out["t_empty"].tolist() == [False, True, False, False]
     assert out["v_empty"].tolist() == [False, False, False, True]
     assert out["a_empty"].tolist() == [False, False, True, False]
-    loss, parts = combinatorial_loss(out, PRETRAIN_WEIGHTS)
-    assert set(parts) == set(PRETRAIN_WEIGHTS)
+    loss, parts = combinatorial_loss(out, PAPER_PRETRAIN_WEIGHTS)
+    assert set(parts) == set(PAPER_PRETRAIN_WEIGHTS)
     loss.backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from howto_prep import schema, shards
+from howto_prep.errors import FailureKind
+from howto_prep.files import is_temp_name, temp_sibling
 
 
 def sample_fields(seed: int, rows: int = 8) -> dict[str, bytes]:
@@ -71,7 +73,7 @@ def test_samples_read_back_with_webdataset_and_wids(tmp_path: Path) -> None:
 def test_unfinished_shard_is_dropped_and_its_videos_redone(tmp_path: Path) -> None:
     write_videos(tmp_path, [0, 1], max_bytes=1)  # one shard per video
     (tmp_path / "shard-000001.json").unlink()  # as if killed between the rename and the JSON
-    (tmp_path / ".shard-000002.tar.tmp123").write_bytes(b"partial")
+    temp_sibling(tmp_path / "shard-000002.tar").write_bytes(b"partial")  # killed while writing
     assert shards.finished_keys(tmp_path) == {"vid0"}
     writer = shards.ShardWriter(tmp_path, max_bytes=1)
     assert not (tmp_path / "shard-000001.tar").exists() and not list(tmp_path.glob(".*tmp*"))
@@ -87,27 +89,28 @@ def test_error_inside_writer_leaves_no_final_tar(tmp_path: Path) -> None:
             writer.write("vid0", sample_fields(0))
             raise RuntimeError("killed")
     assert not list(tmp_path.glob("*.tar")) and shards.finished_keys(tmp_path) == set()
+    assert not [path for path in tmp_path.iterdir() if is_temp_name(path.name)]  # the open shard was discarded
     with pytest.raises(ValueError):
         shards.ShardWriter(tmp_path).write("bad.key", sample_fields(0))
 
 
 def test_failures_and_summary_table(tmp_path: Path) -> None:
     write_videos(tmp_path, [0, 1, 2], max_bytes=10**9)
-    shards.record_failure(tmp_path, "gone", "bad_media", "moov atom not found")
-    shards.record_failure(tmp_path, "slow", "timeout", "killed")
-    shards.record_failure(tmp_path, "vid1", "timeout", "killed")  # later redone with --retry-failed
-    shards.record_failure(tmp_path, "gone", "too_short", "0.4 s")  # latest record wins
+    shards.record_failure(tmp_path, "gone", FailureKind.BAD_MEDIA, "moov atom not found")
+    shards.record_failure(tmp_path, "slow", FailureKind.DECODE_TIMEOUT, "killed")
+    shards.record_failure(tmp_path, "vid1", FailureKind.DECODE_TIMEOUT, "killed")  # later redone with --retry-failed
+    shards.record_failure(tmp_path, "gone", FailureKind.TOO_SHORT, "0.4 s")  # latest record wins
     with open(tmp_path / schema.FAILURES_FILE, "a") as handle:
         handle.write('{"video_id": "torn", "ki')  # a kill in the middle of a line
-    shards.record_failure(tmp_path, "after", "bad_media", "appended after the torn line")
+    shards.record_failure(tmp_path, "after", FailureKind.BAD_MEDIA, "appended after the torn line")
     failures = shards.read_failures(tmp_path)
     assert {k: v["kind"] for k, v in failures.items()} == {
-        "gone": "too_short", "slow": "timeout", "vid1": "timeout", "after": "bad_media"}
-    table = shards.summary_table(tmp_path)
+        "gone": "too_short", "slow": "decode_timeout", "vid1": "decode_timeout", "after": "bad_media"}
+    table = shards.shard_set_summary(tmp_path)
     values = dict(re.split(r"\s{2,}", line.strip()) for line in table.splitlines()[2:])
     assert values["videos"] == "3" and values["shards"] == "1"
     assert values["hours"] == f"{3 * 2.5 / 3600:.3f}"
     assert values["failed videos"] == "3"  # vid1 is in a shard now
-    assert values["failed: too_short"] == "1" and values["failed: timeout"] == "1"
+    assert values["failed: too_short"] == "1" and values["failed: decode_timeout"] == "1"
     assert values["failed: bad_media"] == "1"
     assert values["bytes"] == f"{(tmp_path / 'shard-000000.tar').stat().st_size:,}"

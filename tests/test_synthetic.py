@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 from gensim.models import KeyedVectors
 
-from howto_prep.clipsets import load_msrvtt, load_youcook2
 from howto_prep.errors import UserError
-from howto_prep.synth_content import COLOURS, OOV_WORDS, STEPS, Segment, VideoPlan
-from howto_prep.synth_media import write_video
-from howto_prep.synthetic import generate_corpus, load_corpus
+from howto_prep.extract.annotations import load_msrvtt, load_youcook2
+from howto_prep.files import temp_sibling
+from howto_prep.synthetic.content import COLOURS, OOV_WORDS, STEPS
+from howto_prep.synthetic.corpus import CorpusInfo, generate_corpus, load_corpus
+from howto_prep.synthetic.plans import Segment, VideoPlan
+from howto_prep.synthetic.rendering import write_video
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{11}$")
 
@@ -31,6 +33,13 @@ def truth(corpus) -> dict:
 def plans_by_id(corpus) -> dict[str, dict]:
     data = truth(corpus)
     return {video["video_id"]: video for video in data["videos"] + data["heldout"]}
+
+
+def video_path(corpus: CorpusInfo, video_id: str) -> Path:
+    """Path of a pretraining or held-out video."""
+    if video_id in corpus.heldout_ids and corpus.heldout_videos_dir is not None:
+        return corpus.heldout_videos_dir / f"{video_id}.mp4"
+    return corpus.videos_dir / f"{video_id}.mp4"
 
 
 def metadata_files(root: Path) -> dict[str, bytes]:
@@ -69,7 +78,7 @@ def test_cli_is_deterministic_across_processes_and_seed_dependent(tmp_path, synt
     assert np.array_equal(decoded(tmp_path / "cli" / relative, picks), frames)
     # a rerun with the same parameters redoes only what is missing and drops leftovers
     video = here.root / relative
-    (here.videos_dir / ".killed.mp4.tmp99").write_bytes(b"partial")
+    temp_sibling(here.videos_dir / "killed.mp4").write_bytes(b"partial")  # a killed encode's temporary file
     stale = here.videos_dir / "AAAAAAAAAAA.mp4"
     stale.write_bytes(video.read_bytes())
     video.unlink()
@@ -78,7 +87,7 @@ def test_cli_is_deterministic_across_processes_and_seed_dependent(tmp_path, synt
     assert np.array_equal(decoded(video, picks), frames) and metadata_files(again.root) == cli_files
     for name in ("ids.txt", "caption.json", "word2vec.bin"):  # seed 0 (the fixture) differs
         assert cli_files[name] != (synth_corpus.root / name).read_bytes()
-    other = decord.VideoReader(str(synth_corpus.video_path(synth_corpus.video_ids[0])))
+    other = decord.VideoReader(str(video_path(synth_corpus, synth_corpus.video_ids[0])))
     assert other[0].shape != frames[0].shape or not np.array_equal(other[0].asnumpy(), frames[0])
 
 
@@ -92,7 +101,7 @@ def test_same_seed_gives_identical_frames_for_fixture_videos(tmp_path, synth_cor
         data["background"] = tuple(tuple(c) for c in data["background"])
         data["clutter"] = tuple(tuple(c) for c in data["clutter"])
         again = write_video(VideoPlan(**data), tmp_path / f"{video_id}.mp4")
-        original = synth_corpus.video_path(video_id)
+        original = video_path(synth_corpus, video_id)
         count = len(decord.VideoReader(str(original)))
         picks = list(range(0, count, 7))
         assert np.array_equal(decoded(again, picks), decoded(original, picks))
@@ -100,8 +109,8 @@ def test_same_seed_gives_identical_frames_for_fixture_videos(tmp_path, synth_cor
 
 def test_every_video_decodes_with_its_planned_format(synth_corpus):
     plans = plans_by_id(synth_corpus)
-    paths = [synth_corpus.video_path(v) for v in synth_corpus.video_ids]
-    paths += [synth_corpus.video_path(v) for v in synth_corpus.heldout_ids]
+    paths = [video_path(synth_corpus, v) for v in synth_corpus.video_ids]
+    paths += [video_path(synth_corpus, v) for v in synth_corpus.heldout_ids]
     assert all(path.parent == synth_corpus.heldout_videos_dir for path in paths[len(synth_corpus.video_ids):])
     assert synth_corpus.no_audio_ids and 29.97 in synth_corpus.fps.values()
     shapes = set()
@@ -233,7 +242,7 @@ def test_msrvtt_annotations_and_clip_files(synth_corpus):
         source = video["url"].split("v=")[1]
         assert source in synth_corpus.heldout_ids and isinstance(video["category"], int)
         assert 0 <= video["start time"] < video["end time"]
-        reader = decord.VideoReader(str(synth_corpus.msrvtt_path(video["video_id"])))
+        reader = decord.VideoReader(str(synth_corpus.heldout_dir / "msrvtt" / f"{video['video_id']}.mp4"))
         assert abs(len(reader) - (video["end time"] - video["start time"]) * fps[source]) <= 1
 
 
@@ -243,7 +252,7 @@ def test_step_colour_and_sound_survive_1fps_and_112px(synth_corpus):
     checked_sound = 0
     for video_id in synth_corpus.video_ids[:4]:
         plan = plans[video_id]
-        path = str(synth_corpus.video_path(video_id))
+        path = str(video_path(synth_corpus, video_id))
         reader = decord.VideoReader(path, height=112, width=int(round(112 * plan["width"] / plan["height"])))
         sound = None if plan["sample_rate"] is None else decord.AudioReader(path, sample_rate=16_000)[:].asnumpy()[0]
         for segment in plan["segments"]:

@@ -15,6 +15,7 @@ from howto_prep import schema
 from howto_prep.errors import UserError
 from howto_prep.features import weights as weights_util
 from howto_prep.features.frame_model import FrameFeatureModel, frames_to_tensor
+from howto_prep.files import file_sha256
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,7 +48,7 @@ def load_imagenet_state() -> tuple[dict[str, Any], str]:
                         f"pass {OPTION} PATH to a downloaded resnet152 .pth file, or {OPTION} random") from err
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
     state = weights_util.strip_module_prefix(weights_util.unwrap_state_dict(checkpoint, cached, OPTION))
-    return state, weights_util.sha256_file(cached)
+    return state, file_sha256(cached)
 
 
 def resolve_weights(spec: str) -> tuple[weights_util.NamedState | None, str | None]:
@@ -60,7 +61,7 @@ def resolve_weights(spec: str) -> tuple[weights_util.NamedState | None, str | No
         return weights_util.NamedState("IMAGENET1K_V1", state), sha256
     path = weights_util.existing_weights_file(spec, OPTION)
     return weights_util.NamedState(str(path), weights_util.load_state_dict_file(path, OPTION)), \
-        weights_util.sha256_file(path)
+        file_sha256(path)
 
 
 class ResNet152Features(FrameFeatureModel):

@@ -16,6 +16,7 @@ import numpy as np
 from howto_prep import schema
 from howto_prep.features import weights as weights_util
 from howto_prep.features.frame_model import FrameFeatureModel, frames_to_tensor
+from howto_prep.files import file_sha256
 
 KINETICS_MEAN = (110.63, 103.16, 96.29)
 MODEL_NAME = "resnext101-3d (Hara et al., Kinetics-400) trunk+avgpool"
@@ -35,7 +36,7 @@ def resolve_weights(spec: str) -> tuple[weights_util.NamedState | None, str | No
         return None, None
     path = weights_util.existing_weights_file(spec, OPTION)
     return weights_util.NamedState(str(path), weights_util.load_state_dict_file(path, OPTION)), \
-        weights_util.sha256_file(path)
+        file_sha256(path)
 
 
 class ResNeXt101Features(FrameFeatureModel):

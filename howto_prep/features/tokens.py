@@ -7,9 +7,7 @@ stable across workers and reruns and costs ~11 GB instead of ~1.6 TB for all of 
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -17,6 +15,7 @@ import numpy as np
 
 from howto_prep import schema
 from howto_prep.errors import UserError
+from howto_prep.files import atomic_path, atomic_write_text
 
 WORD_PATTERN = re.compile(r"[\w']+")
 
@@ -79,19 +78,13 @@ def write_vocab(vocab: Word2VecVocabulary, ids: Iterable[int], out_dir: Path) ->
         raise UserError(f"token ids out of range for {vocab.path} ({len(vocab)} words)")
     words = vocab.words_for(unique_ids)
     vectors = vocab.vectors_for(unique_ids).reshape(len(unique_ids), vocab.dim)
-    _atomic_write(vocab_dir / schema.VOCAB_VECTORS, lambda handle: np.save(handle, vectors))
-    _atomic_write(vocab_dir / schema.VOCAB_WORDS,
-                  lambda handle: handle.write("".join(f"{word}\n" for word in words).encode("utf-8")))
-    _atomic_write(vocab_dir / schema.VOCAB_W2V_IDS, lambda handle: np.save(handle, unique_ids))
+    _atomic_save(vocab_dir / schema.VOCAB_VECTORS, vectors)
+    atomic_write_text(vocab_dir / schema.VOCAB_WORDS, "".join(f"{word}\n" for word in words))
+    _atomic_save(vocab_dir / schema.VOCAB_W2V_IDS, unique_ids)
     return vocab_dir
 
 
-def _atomic_write(path: Path, write) -> None:
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            write(handle)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    """np.save through a temporary file (given a handle: np.save would add .npy to a temporary name)."""
+    with atomic_path(path) as temp, open(temp, "wb") as handle:
+        np.save(handle, array)

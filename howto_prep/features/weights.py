@@ -9,7 +9,6 @@ weights are random, because such features are only good for testing the pipeline
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import warnings
 from pathlib import Path
@@ -28,15 +27,6 @@ class RandomWeightsWarning(UserWarning):
 
 def is_random(spec: str) -> bool:
     return str(spec).strip().lower() == RANDOM
-
-
-def sha256_file(path: Path, block_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in blocks so multi-GB checkpoints do not fill memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(block_size), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def warn_random_weights(model_name: str) -> None:

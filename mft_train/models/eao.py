@@ -29,65 +29,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from howto_prep.errors import UserError
-from mft_train.settings import settings_from_dict
-from howto_prep.schema import LOGMEL, RESNET152, RESNEXT101, WORD_DIM
-from mft_train.models.davenet import DAVENET_PRESETS, build_davenet, downsample_mask
+from mft_train.models.davenet import build_davenet, downsample_mask
+from mft_train.models.inputs import MODALITIES, SHORT, InputSettings, check_batch
 from mft_train.models.layers import FusionBlock, GatedEmbeddingUnit, masked_mean
+from mft_train.settings import settings_from_dict
 
-MODALITIES = ("text", "video", "audio")
-SHORT = {"text": "t", "video": "v", "audio": "a"}
 PAIRS = (("text", "video"), ("text", "audio"), ("video", "audio"))
 
 
 @dataclass(frozen=True)
-class EAOConfig:
+class EAOConfig(InputSettings):
     """Sizes of the model; the defaults are the paper preset."""
 
-    video_dim: int = RESNET152.dim + RESNEXT101.dim
-    text_dim: int = WORD_DIM
-    audio_mels: int = LOGMEL.dim
     width: int = 4096
     heads: int = 64
     mlp_ratio: float = 1.0
     qkv_bias: bool = True
     ln_eps: float = 1e-6
     embed_dim: int = 6144
-    davenet: str = "v2"
-    davenet_widths: list[int] | None = None
-    davenet_depths: list[int] | None = None
-    # Padded audio frames are overwritten with this value before DAVEnet, so padding content never
-    # matters. The paper pads with 0 (the loudest value in [-80, 0] dB: a documented quirk).
-    audio_pad_value: float = 0.0
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "EAOConfig":
-        config = settings_from_dict(cls, cfg, "EAO model")
+        config = settings_from_dict(cls, cfg, "model", "EAO model")
+        config.check_inputs()
         if config.width % config.heads != 0:
             raise UserError(f"model.width {config.width} must be divisible by model.heads {config.heads}")
-        if config.davenet not in DAVENET_PRESETS:
-            raise UserError(f"model.davenet must be one of {sorted(DAVENET_PRESETS)}, not {config.davenet!r}")
-        preset_widths, preset_depths = DAVENET_PRESETS[config.davenet]
-        widths, depths = config.davenet_widths or preset_widths, config.davenet_depths or preset_depths
-        if len(widths) != len(depths):
-            raise UserError(f"model.davenet_widths has {len(widths)} stages but model.davenet_depths has {len(depths)}")
         return config
-
-
-def check_batch(batch: dict, config: EAOConfig) -> None:
-    """Fail with one clear sentence when a batch does not follow the agreed layout (see mft_train.data)."""
-    feature_dims = {"text": config.text_dim, "video": config.video_dim, "audio": config.audio_mels}
-    for modality in MODALITIES:
-        if modality not in batch or f"{modality}_mask" not in batch:
-            raise UserError(f"the batch lacks {modality!r} or {modality + '_mask'!r}; every modality must be present")
-        features, mask = batch[modality], batch[f"{modality}_mask"]
-        length = features.shape[-1] if modality == "audio" else features.shape[1]
-        if mask.shape != (features.shape[0], length):
-            raise UserError(f"{modality}_mask has shape {tuple(mask.shape)} but {modality} has {tuple(features.shape)}")
-        if length == 0:
-            raise UserError(f"the {modality} input has no token slots; pad it to at least one")
-        dim = features.shape[1] if modality == "audio" else features.shape[-1]
-        if dim != feature_dims[modality]:
-            raise UserError(f"{modality} features have size {dim} but the model expects {feature_dims[modality]}")
 
 
 class EverythingAtOnce(nn.Module):

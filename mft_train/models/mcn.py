@@ -10,7 +10,7 @@ vector (300), both fixed inputs (detached), and the pooled DAVEnet features (102
 graph: a detached audio target moves as DAVEnet learns, and with the x50 weight that chase made the
 total loss climb during training; kept in the graph, both sides agree and the term falls.
 
-The batch is the shared one of mft_train.data: every "video" token is concat(L2(2D), L2(3D)), so the
+The batch is the shared one of mft_train.data.batch: every "video" token is concat(L2(2D), L2(3D)), so the
 max over tokens is the paper's max-pool of the L2-normalised 2D and 3D rows, concatenated.
 An empty modality (no real token) yields an embedding from a zero input and a True `*_empty` flag;
 the losses drop such rows. Pair keys tv, ta, va are (x + y) / 2 of the raw embeddings, for the
@@ -30,41 +30,26 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from howto_prep.errors import UserError
-from mft_train.settings import settings_from_dict
-from howto_prep.schema import LOGMEL, RESNET152, RESNEXT101, WORD_DIM
-from mft_train.models.davenet import DAVENET_PRESETS, build_davenet, downsample_mask
-from mft_train.models.eao import SHORT, check_batch
+from mft_train.models.davenet import build_davenet, downsample_mask
+from mft_train.models.inputs import SHORT, InputSettings, check_batch
 from mft_train.models.layers import GatedEmbeddingUnit, masked_mean
+from mft_train.settings import require_positive, settings_from_dict
 
 
 @dataclass(frozen=True)
-class MCNConfig:
+class MCNConfig(InputSettings):
     """Sizes of the model; the defaults are the paper preset."""
 
-    video_dim: int = RESNET152.dim + RESNEXT101.dim
-    text_dim: int = WORD_DIM
-    audio_mels: int = LOGMEL.dim
+    davenet: str = "v1"
     embed_dim: int = 6144
     audio_hidden: int = 1024  # GEU width after DAVEnet's pooled output
     recon_hidden: int = 1024
-    davenet: str = "v1"
-    davenet_widths: list[int] | None = None
-    davenet_depths: list[int] | None = None
-    audio_pad_value: float = 0.0  # padded log-mel frames are overwritten with this before DAVEnet
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "MCNConfig":
-        config = settings_from_dict(cls, cfg, "MCN model")
-        for key in ("video_dim", "text_dim", "audio_mels", "embed_dim", "audio_hidden", "recon_hidden"):
-            if getattr(config, key) <= 0:
-                raise UserError(f"model.{key} must be positive, got {getattr(config, key)}")
-        if config.davenet not in DAVENET_PRESETS:
-            raise UserError(f"model.davenet must be one of {sorted(DAVENET_PRESETS)}, not {config.davenet!r}")
-        preset_widths, preset_depths = DAVENET_PRESETS[config.davenet]
-        widths, depths = config.davenet_widths or preset_widths, config.davenet_depths or preset_depths
-        if len(widths) != len(depths):
-            raise UserError(f"model.davenet_widths has {len(widths)} stages but model.davenet_depths has {len(depths)}")
+        config = settings_from_dict(cls, cfg, "model", "MCN model")
+        config.check_inputs()
+        require_positive(config, "model", ("embed_dim", "audio_hidden", "recon_hidden"))
         return config
 
 

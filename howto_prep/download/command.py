@@ -1,0 +1,199 @@
+"""`howto-prep download`: decide what is left to fetch, run it as bounded Ray tasks, record every outcome.
+
+The manifest is the record; this driver is its only writer (one commit per video). Workers fetch,
+validate and rename (see download.task); a rerun skips what is done, `--retry-failed` retries only
+what failed, and a mirror that rejects the credentials stops the run after a handful of requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from howto_prep.download.catalog import CatalogEntry, load_records
+from howto_prep.download.credentials import redact
+from howto_prep.download.manifest import DONE, FAILED, Manifest, manifest_summary
+from howto_prep.download.plan import DownloadPlan, plan_from_args, sources_for
+from howto_prep.download.task import MIRROR, YOUTUBE, FetchJob, FetchResult, fetch_video
+from howto_prep.errors import FailureKind, UserError
+
+AUTH_STOP_AFTER = 3  # mirror auth rejections, before any mirror success, that stop the run
+TASK_CPUS = 0.05  # downloads wait on the network: many may share a core
+
+
+@dataclass
+class RunSummary:
+    """What this run did (the manifest holds the whole history)."""
+
+    selected: int = 0
+    skipped: int = 0
+    done: int = 0
+    failed: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+class CredentialsRejected(UserError):
+    """The mirror answered 401/403 to the first videos: the credentials, not the videos, are wrong."""
+
+
+def run_download(args: argparse.Namespace) -> int:
+    """CLI handler: catalog entries from --csv/--ids, then download_all, then the summary table."""
+    records = load_records(args.csv, args.ids)
+    if args.limit:
+        records = records[: args.limit]
+    plan = plan_from_args(args)
+    summary = download_all(records, plan)
+    print(f"this run: {summary.done} done, {summary.failed} failed, {summary.skipped} already recorded, "
+          f"{summary.bytes / 1e6:.1f} MB in {summary.seconds:.1f} s")
+    print(manifest_summary(plan.out))
+    return 0
+
+
+def select_work(records: list[CatalogEntry], manifest: Manifest, plan: DownloadPlan) -> list[CatalogEntry]:
+    """New and pending videos (or, with --retry-failed, only failed ones); a done row whose file vanished is redone."""
+    rows = {row.video_id: row for row in manifest.rows()}
+    todo = []
+    for record in records:
+        row = rows.get(record.video_id)
+        if row is None:
+            wanted = not plan.retry_failed
+        elif row.status == DONE:
+            if row.path and (plan.out / row.path).is_file():
+                continue
+            manifest.mark_pending(record.video_id)
+            wanted = not plan.retry_failed
+        elif row.status == FAILED:
+            wanted = plan.retry_failed
+        else:
+            wanted = not plan.retry_failed
+        if wanted:
+            todo.append(record)
+    manifest.add_pending([record.video_id for record in todo if record.video_id not in rows],
+                         MIRROR if plan.source != "youtube" and plan.mirror_url else YOUTUBE)
+    return todo
+
+
+def download_all(records: list[CatalogEntry], plan: DownloadPlan) -> RunSummary:
+    """Fetch every selected record; each outcome is committed to the manifest as it arrives."""
+    plan.out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with Manifest(plan.out) as manifest:
+        todo = select_work(records, manifest, plan)
+        summary = RunSummary(selected=len(todo), skipped=len(records) - len(todo))
+        jobs = [FetchJob(record, str(plan.out), sources_for(record, plan), plan.mirror_url, plan.credentials,
+                         str(plan.cookies) if plan.cookies else None, plan.settings) for record in todo]
+        recorder = _Recorder(manifest, plan, summary)
+        if jobs and plan.workers:
+            from howto_prep.cluster import init_ray
+
+            init_ray(plan.address)  # before the MB/s clock starts: Ray's start-up is not download time
+        fetching_since = time.monotonic()
+        progress = _progress_bar(len(jobs), plan.show_progress)
+        results = _run_jobs(jobs, plan)
+        try:
+            for job, result in results:
+                recorder.record(job, result)
+                _update_progress(progress, summary, fetching_since)
+            recorder.finish()
+        finally:
+            results.close()
+            progress.close()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+class _Recorder:
+    """Writes results to the manifest; holds back mirror auth failures until the credentials are proven good."""
+
+    def __init__(self, manifest: Manifest, plan: DownloadPlan, summary: RunSummary) -> None:
+        self.manifest, self.plan, self.summary = manifest, plan, summary
+        self.mirror_accepted = False
+        self.held: list[FetchResult] = []
+
+    def record(self, job: FetchJob, result: FetchResult) -> None:
+        if result.ok and result.source == MIRROR:
+            self.mirror_accepted = True
+        if result.mirror_auth_rejected and not self.mirror_accepted:
+            if not result.ok:
+                self.held.append(result)
+                if len(self.held) >= AUTH_STOP_AFTER:
+                    self._stop()
+                return
+        if self.mirror_accepted and self.held:
+            for held in self.held:
+                self._write(held)
+            self.held.clear()
+        self._write(result)
+
+    def finish(self) -> None:
+        if self.held:  # every mirror answer this run was a rejection
+            self._stop()
+
+    def _stop(self) -> None:
+        raise CredentialsRejected(
+            f"the mirror rejected the credentials for the first {len(self.held)} video(s); check --credentials "
+            "(those videos stay pending and nothing else was requested)")
+
+    def _write(self, result: FetchResult) -> None:
+        text = redact(result.error or "", self.plan.credentials)
+        previous = self.manifest.get(result.video_id)
+        source = result.source or (previous.source if previous else None)
+        if result.ok:
+            self.manifest.mark_done(result.video_id, source or "", result.path or "", result.bytes or 0,
+                                    result.duration or 0.0, result.attempts)
+            self.summary.done += 1
+            self.summary.bytes += result.bytes or 0
+        else:
+            self.manifest.mark_failed(result.video_id, source, result.failure_kind or FailureKind.ERROR, text,
+                                      result.attempts)
+            self.summary.failed += 1
+
+
+def _run_jobs(jobs: list[FetchJob], plan: DownloadPlan) -> Iterator[tuple[FetchJob, FetchResult]]:
+    """(job, result) in completion order: Ray tasks with at most `workers` in flight, or in-process when 0."""
+    if plan.workers == 0:
+        for job in jobs:
+            yield job, _safe_fetch(job)
+        return
+    import ray
+
+    from howto_prep.cluster import bounded_map, init_ray, task_failure
+
+    init_ray(plan.address)
+    remote = ray.remote(fetch_video).options(num_cpus=TASK_CPUS, max_retries=0, scheduling_strategy="SPREAD")
+    for job, result in bounded_map(remote.remote, jobs, plan.workers):
+        if isinstance(result, Exception):  # the task raised, or its worker died (e.g. the decoder crashed it)
+            result = _failed_task(job, task_failure(result)[0], result)
+        yield job, result
+
+
+def _safe_fetch(job: FetchJob) -> FetchResult:
+    try:
+        return fetch_video(job)
+    except Exception as err:
+        return _failed_task(job, FailureKind.ERROR, err)
+
+
+def _failed_task(job: FetchJob, kind: FailureKind, err: Exception) -> FetchResult:
+    """The result of a fetch that raised instead of returning (the error text redacted)."""
+    text = f"{err.__class__.__name__}: {err}"[:2000]
+    return FetchResult(job.record.video_id, False, None, failure_kind=kind, error=redact(text, job.credentials),
+                       attempts=1)
+
+
+def _progress_bar(total: int, enabled: bool):  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="video", desc="download", disable=not enabled, file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _update_progress(progress, summary: RunSummary, started: float) -> None:  # type: ignore[no-untyped-def]
+    elapsed = max(time.monotonic() - started, 1e-6)
+    progress.set_postfix(done=summary.done, failed=summary.failed, MB_s=f"{summary.bytes / 1e6 / elapsed:.2f}",
+                         refresh=False)
+    progress.update(1)

@@ -1,0 +1,26 @@
+"""`howto-prep extract`: the CLI handler; a video-level shard set, or a clip-level one cut from it."""
+
+from __future__ import annotations
+
+import argparse
+
+from howto_prep import schema
+from howto_prep.extract.inputs import find_videos, load_captions, load_vocabulary
+from howto_prep.extract.plan import plan_from_args
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    """Validate the options once (the plan), load the inputs, then build the set the options ask for."""
+    plan = plan_from_args(args)
+    videos = find_videos(plan.videos_dir)
+    captions = load_captions(plan.captions) if plan.captions else {}
+    if plan.clip_annotations is None:
+        from howto_prep.extract.video_set import extract_video_set
+
+        vocab = load_vocabulary(plan.word2vec) if plan.wants(schema.TOKENS_FEATURE) else None
+        extract_video_set(plan, videos, captions, vocab)
+        return 0
+    from howto_prep.extract.clip_set import build_clip_set
+
+    build_clip_set(plan, videos, captions, load_vocabulary(plan.word2vec))  # clip captions are always tokenised
+    return 0

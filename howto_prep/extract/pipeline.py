@@ -1,0 +1,133 @@
+"""The Ray scheduling loop of `howto-prep extract`: decode streams -> model actors -> results in the driver.
+
+Bounds: at most `max_videos` decode streams at once, each holding at most `backpressure` unconsumed
+chunks, and at most `max_chunks` chunks queued on the actors in total, so memory does not depend on
+how long the videos are. A stream that produces nothing for `timeout_s` is cancelled (its worker
+process is killed) and the video is recorded as DECODE_TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from howto_prep.cluster import task_failure
+from howto_prep.errors import FailureKind
+
+
+@dataclass
+class Outcome:
+    """Result of one video: `header` and `chunks` on success, else `kind` and `error`."""
+
+    video_id: str
+    path: Path
+    header: dict | None = None
+    chunks: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    kind: FailureKind | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Job:
+    video_id: str
+    path: Path
+    stream: Any
+    waiting_since: float | None = None  # None until the decode task runs (worker start-up is no hang)
+    started: bool = False
+    header: dict | None = None
+    pending: dict = field(default_factory=dict)  # embed ObjectRef -> actor index
+    chunks: dict = field(default_factory=dict)
+    stream_done: bool = False
+
+
+def run_pipeline(videos: Iterable[tuple[str, Path]], decode: Callable[[str], Any], actors: list,
+                 max_videos: int, max_chunks: int, timeout_s: float) -> Iterator[Outcome]:
+    """Yield one Outcome per video, in completion order; no video's failure stops the others."""
+    import ray
+
+    todo = iter(videos)
+    active: dict[str, _Job] = {}
+    load = [0] * len(actors)
+    exhausted = False
+    while True:
+        while not exhausted and len(active) < max(1, max_videos):
+            try:
+                video_id, path = next(todo)
+            except StopIteration:
+                exhausted = True
+                break
+            active[video_id] = _Job(video_id, path, decode(str(path)))
+        if not active:
+            return
+        queued = sum(load)
+        now = time.monotonic()
+        streams = []
+        for job in active.values():
+            if job.stream_done:
+                continue
+            if job.header is not None and queued >= max_chunks:
+                job.waiting_since = now  # throttled by us, not hung
+                continue
+            streams.append(job.stream)
+        embeds = [ref for job in active.values() for ref in job.pending]
+        ready, _ = ray.wait(streams + embeds, num_returns=1, timeout=0.5)
+        finished: list[Outcome] = []
+        for item in ready:
+            job = next(j for j in active.values() if item is j.stream or item in j.pending)
+            try:
+                if item is job.stream:
+                    _advance_stream(job, actors, load)
+                else:
+                    index, rows = ray.get(item)
+                    load[job.pending.pop(item)] -= 1
+                    job.chunks[index] = rows
+            except Exception as err:  # the video's failure, never the run's
+                kind, text = task_failure(err)
+                finished.append(_drop(job, active, load, kind, text))
+                continue
+            if job.stream_done and not job.pending:
+                del active[job.video_id]
+                finished.append(Outcome(job.video_id, job.path, header=job.header, chunks=job.chunks))
+        now = time.monotonic()
+        for job in list(active.values()):
+            if not job.stream_done and job.waiting_since is not None and now - job.waiting_since > timeout_s:
+                ray.cancel(job.stream, force=True)
+                finished.append(_drop(job, active, load, FailureKind.DECODE_TIMEOUT,
+                                      f"decoding produced nothing for {timeout_s:g} s; the task was killed"))
+        yield from finished
+
+
+def _advance_stream(job: _Job, actors: list, load: list[int]) -> None:
+    """Take the stream's next item: the header (fetched), or a chunk (sent to the least busy actor)."""
+    import ray
+
+    job.waiting_since = time.monotonic()
+    try:
+        ref = next(job.stream)
+    except StopIteration:
+        job.stream_done = True
+        return
+    if not job.started:
+        job.started = True  # the STARTED marker: the clock for a hung decode starts now
+        return
+    if job.header is None:
+        job.header = ray.get(ref)
+        return
+    chosen = min(range(len(actors)), key=lambda i: load[i])
+    load[chosen] += 1
+    job.pending[actors[chosen].embed.remote(ref)] = chosen
+
+
+def _drop(job: _Job, active: dict, load: list[int], kind: FailureKind, text: str) -> Outcome:
+    import ray
+
+    for ref, actor_index in job.pending.items():
+        load[actor_index] -= 1
+        ray.cancel(ref)
+    job.pending.clear()
+    active.pop(job.video_id, None)
+    return Outcome(job.video_id, job.path, kind=kind, error=text)

@@ -1,0 +1,89 @@
+"""A validated `howto-prep extract` invocation, built once from the command line.
+
+Everything below the CLI handler reads this frozen plan instead of `argparse.Namespace`, so a
+library call (a test, a benchmark, the clip-set builder) states every option it relies on.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from howto_prep import schema
+from howto_prep.errors import UserError
+from howto_prep.extract.annotations import ClipRecord, load_clips_csv, load_msrvtt, load_youcook2
+from howto_prep.extract.inputs import check_weights
+
+
+@dataclass(frozen=True)
+class ClipAnnotations:
+    """The clips of a clip-level set and the benchmark whose annotation file listed them."""
+
+    benchmark: str  # youcook2 | msrvtt | clips
+    clips: tuple[ClipRecord, ...]
+
+
+@dataclass(frozen=True)
+class ExtractPlan:
+    """Where the videos are, what to compute from them, and where the shard set goes."""
+
+    videos_dir: Path
+    out: Path
+    features: tuple[str, ...] = schema.ALL_FEATURE_NAMES
+    captions: Path | None = None
+    word2vec: Path | None = None
+    csv: Path | None = None
+    weights_2d: str = "imagenet"
+    weights_3d: str = "random"
+    gpus: int = 0
+    workers: int = 0  # decode tasks in flight; 0: the cluster's CPUs less the GPUs
+    shard_size: int = schema.DEFAULT_SHARD_BYTES
+    prefix: str = schema.DEFAULT_PREFIX
+    address: str | None = None
+    retry_failed: bool = False
+    limit: int | None = None
+    clip_annotations: ClipAnnotations | None = None  # None: a video-level set
+
+    def wants(self, name: str) -> bool:
+        return name in self.features
+
+    @property
+    def visual_features(self) -> list[str]:
+        return [name for name in self.features if name in (schema.RESNET152.name, schema.RESNEXT101.name)]
+
+
+def plan_from_args(args: argparse.Namespace) -> ExtractPlan:
+    """Check the options against each other and read the annotation file, if any."""
+    features = tuple(args.features)
+    clip_annotations = read_clip_annotations(args)
+    if clip_annotations is None and args.captions is None:
+        raise UserError("--captions caption.json is required (or --youcook2/--msrvtt/--clips for a clip-level set)")
+    if schema.RESNET152.name in features:
+        check_weights(args.weights_2d, "--weights-2d", ("imagenet", "random"))
+    if schema.RESNEXT101.name in features:
+        check_weights(args.weights_3d, "--weights-3d", ("random",))
+    if args.word2vec is None and (clip_annotations is not None or schema.TOKENS_FEATURE in features):
+        raise UserError("--word2vec FILE.bin is required to tokenise captions (or leave tokens out of --features)")
+    if args.word2vec is not None and not Path(args.word2vec).is_file():
+        raise UserError(f"--word2vec {args.word2vec} does not exist")
+    return ExtractPlan(videos_dir=args.videos, out=Path(args.out), features=features, captions=args.captions,
+                       word2vec=args.word2vec, csv=args.csv, weights_2d=args.weights_2d, weights_3d=args.weights_3d,
+                       gpus=args.gpus, workers=args.workers, shard_size=args.shard_size, prefix=args.prefix,
+                       address=args.address, retry_failed=args.retry_failed, limit=args.limit,
+                       clip_annotations=clip_annotations)
+
+
+def read_clip_annotations(args: argparse.Namespace) -> ClipAnnotations | None:
+    """The clips of whichever annotation option was given, or None for a video-level run."""
+    if args.test_list is not None and args.msrvtt is None:
+        raise UserError("--test-list only applies with --msrvtt")
+    if args.youcook2 is not None:
+        return ClipAnnotations("youcook2", tuple(load_youcook2(args.youcook2, args.split or "validation")))
+    if args.msrvtt is not None:
+        return ClipAnnotations("msrvtt", tuple(load_msrvtt(args.msrvtt, args.split or "test", args.test_list)))
+    if args.clips is not None:
+        return ClipAnnotations("clips", tuple(load_clips_csv(args.clips)))
+    if args.split is not None:
+        raise UserError("--split only applies with --youcook2 or --msrvtt")
+    return None

@@ -1,0 +1,99 @@
+"""Running an extraction: start Ray and the model actors, stream the videos through the pipeline, and
+write each finished video's sample as it arrives (the driver is the shard set's only writer)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from howto_prep import schema
+from howto_prep.errors import FailureKind, UserError
+from howto_prep.extract.plan import ExtractPlan
+from howto_prep.shards import ShardWriter
+
+if TYPE_CHECKING:
+    from howto_prep.features.tokens import Word2VecVocabulary
+
+DEFAULT_TIMEOUT_S = 900.0  # one chunk (10 s of video) taking longer than this means a hung decode
+MAX_CALLS = 50  # decode worker processes are recycled after this many videos
+STREAM_BACKPRESSURE = 2  # unconsumed chunks a decode stream may hold
+
+
+def run_work(plan: ExtractPlan, todo: list[tuple[str, Path]], writer: ShardWriter, captions: dict[str, dict],
+             csv_rows: dict[str, dict], vocab: Word2VecVocabulary | None) -> int:
+    """Extract `todo` into `writer`; failures go to failures.jsonl. Returns how many videos had no captions."""
+    from tqdm import tqdm
+
+    from howto_prep import shards
+    from howto_prep.extract.pipeline import run_pipeline
+    from howto_prep.extract.sample import build_sample
+
+    names = list(plan.features)
+    started = time.perf_counter()
+    actors, feature_info, decode = start_ray(plan)
+    ready = time.perf_counter()
+    written, video_seconds, notes = 0, 0.0, 0
+    max_videos = plan.workers or max(1, int(_ray_cpus()) - plan.gpus)
+    timeout_s = float(os.environ.get("HOWTO_PREP_DECODE_TIMEOUT", DEFAULT_TIMEOUT_S))
+    outcomes = run_pipeline(todo, decode, actors, max_videos=max_videos, max_chunks=2 * len(actors) + 1,
+                            timeout_s=timeout_s)
+    with tqdm(total=len(todo), unit="video", desc="extract", file=sys.stderr) as bar, writer:
+        for outcome in outcomes:
+            bar.update(1)
+            if outcome.kind is not None:
+                shards.record_failure(plan.out, outcome.video_id, outcome.kind, outcome.error or "")
+                bar.set_postfix_str(f"last failure: {outcome.video_id} ({outcome.kind})")
+                continue
+            try:
+                sample = build_sample(outcome.video_id, outcome.path, outcome.header, outcome.chunks, names,
+                                      feature_info, captions.get(outcome.video_id), csv_rows.get(outcome.video_id),
+                                      vocab)
+            except Exception as err:  # a bad result belongs to its video, not to the run
+                shards.record_failure(plan.out, outcome.video_id, FailureKind.ERROR, " ".join(str(err).split())[:800])
+                continue
+            notes += bool(sample.notes)
+            writer.write(sample.key, sample.fields, sample.token_ids, sample.duration)
+            written, video_seconds = written + 1, video_seconds + sample.duration
+    elapsed = time.perf_counter() - ready
+    print(f"extract: {written} videos, {video_seconds:.0f} video-s in {elapsed:.1f} s "
+          f"({video_seconds / max(elapsed, 1e-9):.2f} video-s/s) after {ready - started:.1f} s of start-up "
+          "(Ray and the model actors)", file=sys.stderr)
+    return notes
+
+
+def start_ray(plan: ExtractPlan) -> tuple[list, dict[str, dict], Callable[[str], Any]]:
+    """Start (or join) Ray, the model actors and the decode task; return (actors, feature info, decode)."""
+    import ray
+
+    from howto_prep.cluster import init_ray, task_failure
+    from howto_prep.extract.ray_tasks import LOGMEL_INFO, default_cpu_threads, remote_decode, start_actors
+
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    init_ray(plan.address, num_cpus=None if plan.address else max(2, os.cpu_count() or 1))
+    available = int(ray.cluster_resources().get("GPU", 0))
+    if plan.gpus and available < plan.gpus:
+        raise UserError(f"--gpus {plan.gpus}: the Ray cluster has only {available} GPU(s)")
+    visual = plan.visual_features
+    actors = start_actors(visual, plan.weights_2d, plan.weights_3d, plan.gpus, default_cpu_threads()) if visual else []
+    try:
+        feature_info = ray.get(actors[0].info.remote()) if actors else {}
+    except Exception as err:
+        _, text = task_failure(err)
+        raise UserError(f"the feature models could not be loaded: {text}") from None
+    feature_info[schema.LOGMEL.name] = LOGMEL_INFO
+    feature_info[schema.TOKENS_FEATURE] = {"model": "word2vec ids, regex [\\w']+",
+                                           "weights": Path(plan.word2vec).name if plan.word2vec else None,
+                                           "rate": None, "dim": schema.WORD_DIM}
+    task = remote_decode(MAX_CALLS, STREAM_BACKPRESSURE)
+    want_1, want_24 = plan.wants(schema.RESNET152.name), plan.wants(schema.RESNEXT101.name)
+    want_audio = plan.wants(schema.LOGMEL.name)
+    return actors, feature_info, lambda path: task.remote(path, want_1, want_24, want_audio)
+
+
+def _ray_cpus() -> float:
+    import ray
+
+    return ray.cluster_resources().get("CPU", 1)

@@ -1,0 +1,133 @@
+"""A shard set on disk: which shards are complete, its vocabulary, and one sample decoded to arrays.
+
+Format: shards/README.md (schema version 1). A shard exists only when its JSON does (written last),
+so a half-written tar is never read.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from howto_prep.errors import UserError
+from howto_prep.schema import (
+    CAPTIONS_FIELD,
+    INDEX_FILE,
+    LOGMEL,
+    META_FIELD,
+    RESNET152,
+    RESNEXT101,
+    TOKEN_OFFSETS_FIELD,
+    TOKENS_FIELD,
+    VOCAB_DIR,
+    VOCAB_VECTORS,
+    VOCAB_W2V_IDS,
+    WORD_DIM,
+)
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """The readable shards of a shard-set directory and their sample counts."""
+
+    root: Path
+    urls: list[str]
+    counts: list[int]
+
+    @property
+    def num_videos(self) -> int:
+        return sum(self.counts)
+
+
+def discover_shards(root: Path) -> ShardSet:
+    """Shards listed by index.json (wids format), else every tar whose per-shard JSON exists.
+
+    A shard exists only when its JSON does (it is written last), so a half-written tar is ignored.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"shard directory {root} does not exist")
+    index = root / INDEX_FILE
+    entries: list[tuple[Path, int]] = []
+    if index.is_file():
+        try:
+            listing = json.loads(index.read_text())["shardlist"]
+            entries = [(root / item["url"], int(item["nsamples"])) for item in listing]
+        except (ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{index} is not a wids shard index ({err})") from err
+    else:
+        for tar in sorted(root.glob("*.tar")):
+            sidecar = tar.with_suffix(".json")
+            if sidecar.is_file():
+                info = json.loads(sidecar.read_text())
+                count = info.get("samples", info.get("count", len(info.get("keys", []))))
+                entries.append((tar, int(count)))
+    entries = [(path, count) for path, count in entries if path.is_file() and count > 0]
+    if not entries:
+        raise UserError(f"no complete shards in {root}; run `howto-prep extract --out {root}` first")
+    return ShardSet(root, [str(path) for path, _ in entries], [count for _, count in entries])
+
+
+class WordTable:
+    """Frozen word2vec lookup: token ids (word2vec row ids) -> vocab rows -> 300-d vectors.
+
+    The table is memory-mapped, so every loader worker shares one copy through the page cache.
+    """
+
+    def __init__(self, root: Path) -> None:
+        vocab = Path(root) / VOCAB_DIR
+        ids_path, vectors_path = vocab / VOCAB_W2V_IDS, vocab / VOCAB_VECTORS
+        if not ids_path.is_file() or not vectors_path.is_file():
+            raise UserError(f"the shard set has no vocabulary: {ids_path} and {vectors_path} are needed")
+        self.w2v_ids = np.load(ids_path)
+        self.vectors = np.load(vectors_path, mmap_mode="r")
+        if self.vectors.shape != (len(self.w2v_ids), WORD_DIM):
+            raise UserError(f"{vectors_path} has shape {self.vectors.shape}, expected ({len(self.w2v_ids)}, {WORD_DIM})")
+
+    def lookup(self, token_ids: np.ndarray) -> np.ndarray:
+        rows = np.searchsorted(self.w2v_ids, token_ids)
+        rows = np.minimum(rows, len(self.w2v_ids) - 1)
+        if token_ids.size and not np.array_equal(self.w2v_ids[rows], token_ids):
+            raise ValueError("a token id is missing from vocab/w2v_ids.npy")
+        return np.asarray(self.vectors[rows], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class DecodedSample:
+    """One decoded shard sample (a video, or a clip of a clip-level set): the arrays clips are cut from."""
+
+    video_id: str
+    duration: float
+    resnet152: np.ndarray  # (T2, 2048) float16, 1 row/s
+    resnext101: np.ndarray  # (T3, 2048) float16, 1.5 rows/s
+    logmel: np.ndarray | None  # (40, F) float16, 100 frames/s; None without audio
+    caption_starts: np.ndarray  # (C,) float64 seconds, sorted by start
+    caption_ends: np.ndarray  # (C,)
+    tokens: np.ndarray  # (N,) int32 word2vec row ids
+    token_offsets: np.ndarray  # (C + 1,) int32
+
+
+def _npy(sample: dict, field: str) -> np.ndarray:
+    return np.load(io.BytesIO(sample[field]), allow_pickle=False)
+
+
+def decode_sample(sample: dict) -> DecodedSample:
+    """Raw tar sample (field -> bytes) -> DecodedSample; raises on a malformed sample."""
+    meta = json.loads(sample[META_FIELD])
+    captions = json.loads(sample[CAPTIONS_FIELD])
+    logmel = _npy(sample, LOGMEL.field) if LOGMEL.field in sample else None
+    return DecodedSample(
+        video_id=str(meta.get("video_id", sample.get("__key__"))),
+        duration=float(meta["duration"]),
+        resnet152=_npy(sample, RESNET152.field),
+        resnext101=_npy(sample, RESNEXT101.field),
+        logmel=logmel,
+        caption_starts=np.asarray(captions["start"], np.float64),
+        caption_ends=np.asarray(captions["end"], np.float64),
+        tokens=_npy(sample, TOKENS_FIELD),
+        token_offsets=_npy(sample, TOKEN_OFFSETS_FIELD),
+    )

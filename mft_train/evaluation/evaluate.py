@@ -1,0 +1,115 @@
+"""`mft-train evaluate`: zero-shot / fine-tuned text-video-audio retrieval of a checkpoint on a clip-level set.
+
+Protocol (docs/recipes.md section 7): every clip is encoded once at the benchmark's evaluation
+lengths (mft_train.evaluation.encode); for each combination the (clips x clips) similarity matrix
+goes to retrieval_metrics with `num_expected` as denominator, so clips missing from the shards
+count as misses (mft_train.evaluation.scoring). Clips with an empty modality rank with whatever
+their embedding earns (in practice misses), which matches a denominator counting every annotated clip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from howto_prep.errors import UserError
+from mft_train.config import RunConfig
+from mft_train.data.clips import clip_spec
+from mft_train.data.eval_sets import ClipSet, clip_batches, open_clip_set
+from mft_train.evaluation.encode import encode_clips
+from mft_train.evaluation.report import format_table, save_report
+from mft_train.evaluation.scoring import score_embeddings, similarities_for
+from mft_train.models import build_model
+from mft_train.presets import apply_override
+from mft_train.training.checkpoints import load_checkpoint
+from mft_train.training.device import available_device, choose_device
+
+
+def evaluate_model(model: nn.Module, loader: Iterable[dict], num_expected: int | None = None,
+                   similarity: str = "cosine", device: torch.device | None = None,
+                   amp: bool = False) -> dict[str, dict[str, float]]:
+    """Encode every clip of `loader` once and return {combination: {R1, R5, R10, R50, MedR, MeanR}}."""
+    embeddings, _ = encode_clips(model, loader, device, amp)
+    return score_embeddings(embeddings, num_expected, similarity)[0]
+
+
+def model_from_checkpoint(state: dict) -> nn.Module:
+    """Build the checkpoint's model from its own config and load its weights (strict)."""
+    model = build_model(state["config"]["model"])
+    load_weights(model, state)
+    return model
+
+
+def load_weights(model: nn.Module, state: dict) -> None:
+    """state["model"] into `model` (strict); a mismatch is a one-line UserError naming the checkpoint."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise UserError(f"{state.get('path', 'the checkpoint')} does not match its model config ({str(err).splitlines()[0]})") from None
+
+
+def default_json_path(checkpoint: Path, shards: Path) -> Path:
+    return Path(checkpoint).with_name(f"{Path(checkpoint).stem}-eval-{Path(shards).resolve().name}.json")
+
+
+def evaluate_checkpoint(state: dict, clip_set: ClipSet, strategy: str = "at_once", num_expected: int | None = None,
+                        device: torch.device | None = None, batch_clips: int = 64,
+                        model: nn.Module | None = None) -> dict:
+    """Full evaluation of a checkpoint (or of `model` built from it) on a ClipSet -> JSON-ready report."""
+    config = RunConfig.from_dict(state["config"], where=str(state.get("path", "the checkpoint")))
+    expected = clip_set.num_expected if num_expected is None else num_expected
+    if expected <= 0:
+        raise UserError(f"--num-expected must be positive, got {expected}")
+    video_tokens, audio_frames = clip_set.eval_lengths()
+    model = model if model is not None else model_from_checkpoint(state)
+    device = device or torch.device("cpu")
+    model.to(device)
+    batches = clip_batches(
+        clip_set, batch_clips, video_tokens=video_tokens, audio_frames=audio_frames,
+        max_words=config.data.max_words, audio_pad_value=config.data.audio_pad_value,
+        strategy=strategy, window=clip_spec(config.data),
+    )
+    embeddings, clip_ids = encode_clips(model, batches, device, amp=config.train.amp)
+    if len(clip_ids) > expected:
+        raise UserError(f"--num-expected {expected} is smaller than the {len(clip_ids)} clips in the shards")
+    results, ranks = {}, {}
+    for similarity in similarities_for(config.model):
+        results[similarity], ranks[similarity] = score_embeddings(embeddings, expected, similarity)
+    return {
+        "checkpoint": state.get("path"), "shards": str(clip_set.root), "benchmark": clip_set.benchmark,
+        "strategy": strategy, "lengths": {"video_tokens": video_tokens, "audio_frames": audio_frames},
+        "num_clips": len(clip_ids), "num_expected": expected, "chance_R1": 100.0 / expected,
+        "empty": {m: int(embeddings[f"{m}_empty"].sum()) for m in "tva"},
+        "headline": similarities_for(config.model)[0], "results": results,
+        "_ranks": ranks,
+    }
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Check the inputs cheaply (checkpoint, clip set, --num-expected), then encode, score, print, save."""
+    if args.num_expected is not None and args.num_expected <= 0:
+        raise UserError(f"--num-expected must be a positive number of clips, got {args.num_expected}")
+    state = load_checkpoint(Path(args.checkpoint))
+    raw = dict(state["config"])
+    for override in getattr(args, "overrides", None) or []:
+        apply_override(raw, override)
+    config = RunConfig.from_dict(raw, where=state["path"])
+    state["config"] = config.to_dict()
+    clip_set = open_clip_set(Path(args.shards))
+    if args.num_expected is not None and args.num_expected < clip_set.num_clips:
+        raise UserError(f"--num-expected {args.num_expected} is smaller than the {clip_set.num_clips} clips in {args.shards}")
+    device = choose_device(config.train.device, available_device())
+    report = evaluate_checkpoint(state, clip_set, args.strategy, args.num_expected, device)
+    for similarity, results in report["results"].items():
+        title = (f"{report['benchmark']}: {report['num_clips']} clips of {report['num_expected']} expected, "
+                 f"strategy {report['strategy']}, {similarity} similarity")
+        print(format_table(results, report["num_expected"], title))
+        print()
+    json_path, png = save_report(report, args.json or default_json_path(Path(state["path"]), Path(args.shards)))
+    print(f"evaluate: wrote {json_path} and {png}", file=sys.stderr)
+    return 0

@@ -1,0 +1,197 @@
+"""The one training loop: model, optimiser, schedule, objective, steps, checkpoints, resume.
+
+The Trainer does not know where its batches come from or what happens between epochs:
+- a BatchSource says how many steps make an epoch and hands out a fresh iterable of batches for
+  each stretch between checkpoints (pretraining: the shard stream seeded by (seed, epoch, first
+  step), so a resumed run sees exactly the batches the uninterrupted run saw; fine-tuning: one
+  epoch of whole clips);
+- optional EpochHooks run before the first epoch and after every epoch and return TensorBoard
+  scalars (fine-tuning evaluates there and keeps best.pt).
+Each stretch ends at an epoch end, a checkpoint step or the last step, whichever comes first; the
+exponential schedule steps at epoch ends, the cosine one after every step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from howto_prep.errors import UserError
+from mft_train.config import RunConfig
+from mft_train.data.batch import model_inputs
+from mft_train.losses.objectives import make_objective
+from mft_train.models import build_model
+from mft_train.training import checkpoints, distributed
+from mft_train.training.device import autocast_context, choose_device, move_batch
+from mft_train.training.distributed import DistInfo, gather_outputs
+from mft_train.training.optim import make_optimizer, make_scheduler, steps_every_step
+from mft_train.training.run_folder import RunLogger
+
+
+@dataclass
+class TrainResult:
+    """What a call to `Trainer.run` did: the steps it ran and their losses (total and per term)."""
+
+    first_step: int
+    last_step: int
+    losses: list[float] = field(default_factory=list)
+    terms: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+
+class BatchSource(Protocol):
+    """Where a run's batches come from."""
+
+    steps_per_epoch: int
+    clips_per_step: int  # over all ranks, for the clips/s log
+
+    def batches(self, first_step: int, count: int) -> Iterable[dict]:
+        """This rank's `count` batches for the global steps first_step + 1 ... first_step + count."""
+        ...
+
+
+class EpochHooks(Protocol):
+    """What happens around epochs; each returns TensorBoard scalars to log at the current step."""
+
+    def before_first_epoch(self, trainer: Trainer) -> dict[str, float]: ...
+
+    def after_epoch(self, trainer: Trainer, epoch: int, losses: list[float]) -> dict[str, float]: ...
+
+
+class Trainer:
+    """Owns the model, optimiser, scheduler, objective and step counter of one run."""
+
+    def __init__(self, config: RunConfig, source: BatchSource, run_dir: Path, dist_info: DistInfo,
+                 hooks: EpochHooks | None = None, checkpoint_every: int | None = None, name: str = "pretrain") -> None:
+        train = config.train
+        self.config, self.source, self.run_dir, self.dist = config, source, Path(run_dir), dist_info
+        self.hooks, self.name = hooks, name
+        self.checkpoint_every = checkpoint_every or train.checkpoint_every
+        self.steps_per_epoch = source.steps_per_epoch
+        self.total_steps = self.steps_per_epoch * train.epochs
+        self.device = choose_device(train.device, dist_info.device)
+        if train.cpu_threads:
+            # On a shared or oversubscribed CPU, fewer threads per process avoids spin-wait stalls.
+            torch.set_num_threads(train.cpu_threads)
+
+        torch.manual_seed(train.seed)  # same initial weights on every rank (DDP also broadcasts)
+        model = build_model(config.model)
+        if train.sync_batchnorm:
+            model = distributed.sync_batchnorm(model, self.device)
+        self.model = model.to(self.device)
+        self.ddp = (
+            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if dist_info.enabled
+            else None
+        )
+        self.optimizer = make_optimizer(self.model, train)
+        self.scheduler = make_scheduler(self.optimizer, train, self.total_steps)
+        self.objective = make_objective(config.loss, self.model, self.device)
+        self.step = 0
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "objective": self.objective.state_dict(),
+            "rng": checkpoints.rng_state(),
+            "step": self.step,
+            "epoch": self.step // self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "config": self.config.to_dict(),
+        }
+
+    def save(self) -> Path:
+        path = checkpoints.checkpoint_path(self.run_dir, self.step)
+        if self.dist.is_main:
+            checkpoints.save_checkpoint(self.state(), path)
+            checkpoints.prune(self.run_dir, self.config.train.keep_checkpoints)
+        return path
+
+    def resume(self) -> Path | None:
+        """Continue from the newest checkpoint, if any (older ones may hold an unused "scaler" entry)."""
+        path = checkpoints.latest_checkpoint(self.run_dir)
+        if path is None:
+            return None
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state["config"]["model"] != self.config.model:
+            raise UserError(f"{path} was trained with a different model config; use the same --config/--set or another --out")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.objective.load_state_dict(state.get("objective", {}))
+        checkpoints.restore_rng_state(state["rng"])
+        self.step = int(state["step"])
+        return path
+
+    # ---- one step -----------------------------------------------------------------------------
+    def train_step(self, batch: dict) -> tuple[float, dict[str, float]]:
+        """Forward (autocast), gather over ranks, loss, backward, optional clipping, optimiser step."""
+        train = self.config.train
+        batch = move_batch(model_inputs(batch), self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast_context(self.device, train.amp):
+            out = (self.ddp or self.model)(batch)
+        out = gather_outputs({k: (v.float() if v.is_floating_point() else v) for k, v in out.items()})
+        loss, parts = self.objective(out)
+        loss.backward()
+        if train.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip)
+        self.optimizer.step()
+        return float(loss.detach()), {k: float(v) for k, v in parts.items()}
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self, max_steps: int | None = None) -> TrainResult:
+        """Train until the last epoch ends (or `max_steps` more steps); checkpoint every N steps and at the end."""
+        per_step_schedule = steps_every_step(self.config.train)
+        stop = self.total_steps if max_steps is None else min(self.total_steps, self.step + max_steps)
+        result = TrainResult(first_step=self.step, last_step=self.step)
+        logger = RunLogger(self.run_dir, self.dist.is_main, self.step, self.total_steps,
+                           self.config.train.log_every, desc=self.name)
+        try:
+            if self.hooks is not None and self.step == 0:
+                logger.scalars(self.hooks.before_first_epoch(self), self.step)
+            while self.step < stop:
+                epoch_start = self.step // self.steps_per_epoch * self.steps_per_epoch
+                epoch_end = epoch_start + self.steps_per_epoch
+                next_checkpoint = (self.step // self.checkpoint_every + 1) * self.checkpoint_every
+                self._run_stretch(min(epoch_end, next_checkpoint, stop), result, logger)
+                if self.step == epoch_end and not per_step_schedule:
+                    self.scheduler.step()
+                if self.step % self.checkpoint_every == 0 or self.step == stop:
+                    result.checkpoint = self.save()
+                if self.step == epoch_end and self.hooks is not None:
+                    ran = self.step - max(epoch_start, result.first_step)
+                    scalars = self.hooks.after_epoch(self, epoch_end // self.steps_per_epoch, result.losses[len(result.losses) - ran:])
+                    logger.scalars(scalars, self.step)
+        finally:
+            logger.close()
+        result.last_step = self.step
+        return result
+
+    def _run_stretch(self, end: int, result: TrainResult, logger: RunLogger) -> None:
+        """Steps from self.step to `end` on one fresh loader of the batch source."""
+        per_step_schedule = steps_every_step(self.config.train)
+        tick = time.perf_counter()
+        for batch in self.source.batches(self.step, end - self.step):
+            loss, parts = self.train_step(batch)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.step += 1
+            if per_step_schedule:
+                self.scheduler.step()
+            now = time.perf_counter()
+            clips_per_s = self.source.clips_per_step / max(now - tick, 1e-9)
+            tick = now
+            result.losses.append(loss)
+            result.terms.append(parts)
+            logger.log(self.step, loss, parts, lr, clips_per_s)
+        if self.step != end:
+            raise RuntimeError(f"the data loader ended after step {self.step}, expected {end}")
