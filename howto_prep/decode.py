@@ -1,26 +1,32 @@
-"""Decode a video once with decord: 1 fps and 24 fps frames in bounded chunks, 16 kHz mono audio.
+"""Decode a video once: 1 fps and 24 fps frames at the recipes' sizes in bounded chunks, 16 kHz audio.
 
-Frame selection follows ffmpeg's `fps` filter (default `round=near`), computed from the real
-frame timestamps, so variable-frame-rate files are handled like ffmpeg handles them:
+The frames are exactly those of the reference extractor's ffmpeg chain (`fps=R,scale=W:H`, rgb24;
+docs/recipes.md section 2), with one sequential decode feeding both visual features:
 
-* every source frame i gets the output slot r_i = round_half_up((t_i - t_0) * fps);
-* output frame k shows the *last* source frame with r_i <= k (earlier slots repeat the first
-  frame, skipped slots repeat the previous frame);
-* the number of output frames is round_half_up(duration * fps), where duration = end of the last
-  frame - start of the first (ffmpeg rounds the end-of-stream timestamp the same way).
+* Frame choice follows ffmpeg's `fps` filter (default `round=near`) in exact integer arithmetic on
+  the container's timestamps (PyAV gives the integer pts and the stream's time base; decord's float32
+  seconds put exact half-way cases, e.g. 48 fps -> 24 fps, on the wrong side): every source frame i
+  gets the slot r_i = round_half_up((pts_i - pts_0) * time_base * fps); output frame k shows the
+  *last* source frame with r_i <= k; the number of outputs is round_half_up(duration * fps), where
+  duration = end of the last frame - start of the first. Variable frame rates follow from this.
+* Scaling is ffmpeg's own: each chosen frame goes through a libavfilter graph `scale=W:H` (swscale,
+  bicubic, in YUV) then `format=rgb24`, the same library code the reference chain runs, to short
+  side 224 (2D) or 112 (3D), the long side truncated (`int(long * short_target / short)`); the 3D
+  frames are then cropped to 112x112 at x = (W - 112) // 2, y = (H - 112) // 2 (truncation).
 
 Hence T2 = round(duration) rows at 1 fps, N24 = round(24 * duration) frames at 24 fps and
-T3 = ceil(N24 / 16) 3D rows (about 1.5 per second). Chunks cover `chunk_seconds` of output time;
-each needed source frame is decoded exactly once (one `get_batch` per chunk), so memory is
-bounded by the chunk, not by the video's length.
+T3 = ceil(N24 / 16) 3D rows (about 1.5 per second). Frames leave the decoder at the recipes' sizes,
+so a chunk (`chunk_seconds` of output time) holds at most 10 x 224 x L + 240 x 112 x 112 x 3 bytes
+whatever the source resolution (L = the scaled long side, 398 for 16:9): 3.0 MB + 9.0 MB.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -60,11 +66,25 @@ class VideoInfo:
 
 @dataclass
 class FrameChunk:
-    """Frames of one chunk of output time: `frames_1fps` (n, H, W, 3), `frames_24fps` (m, H, W, 3)."""
+    """Frames of one chunk of output time, at the recipes' sizes: `frames_1fps` (n, h2, w2, 3) with
+    short side 224, `frames_24fps` (m, 112, 112, 3) scaled and cropped; uint8 RGB."""
 
     index: int
     frames_1fps: np.ndarray | None
     frames_24fps: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """A video file and the exact presentation timestamps of its frames (from a demux pass)."""
+
+    path: Path
+    pts: np.ndarray  # int64, sorted: one per frame, in the stream's time base
+    durations: np.ndarray  # int64, same order
+    time_base: Fraction
+    width: int
+    height: int
+    threads: int = 0  # decoder threads; 0 = FFmpeg's choice
 
 
 def import_decord():
@@ -77,8 +97,8 @@ def import_decord():
 
 
 def round_half_up(values: np.ndarray | float) -> np.ndarray:
-    """ffmpeg's AV_ROUND_NEAR_INF for non-negative values, tolerant of float32 timestamps."""
-    return np.floor(np.asarray(values, dtype=np.float64) + 0.5 + 1e-6).astype(np.int64)
+    """ffmpeg's AV_ROUND_NEAR_INF for non-negative float64 values (durations from exact timestamps)."""
+    return np.floor(np.asarray(values, dtype=np.float64) + 0.5 + 1e-9).astype(np.int64)
 
 
 def output_count(duration: float, fps: float) -> int:
@@ -86,12 +106,26 @@ def output_count(duration: float, fps: float) -> int:
     return int(round_half_up(duration * fps))
 
 
-def select_frames(starts: np.ndarray, fps: float, count: int) -> np.ndarray:
-    """Source frame index shown at each of `count` output frames of the `fps` filter."""
-    relative = np.asarray(starts, dtype=np.float64) - float(starts[0])
-    slots = np.maximum.accumulate(round_half_up(relative * fps))
-    chosen = np.searchsorted(slots, np.arange(count), side="right") - 1
-    return np.clip(chosen, 0, len(starts) - 1)
+def exact_slots(pts: np.ndarray, time_base: Fraction, fps: Fraction) -> np.ndarray:
+    """round_half_up((pts - pts_0) * time_base * fps) for every frame, in integers (no float error)."""
+    scale = Fraction(time_base) * Fraction(fps)
+    numerator = (np.asarray(pts, dtype=np.int64) - int(pts[0])) * scale.numerator
+    return (2 * numerator + scale.denominator) // (2 * scale.denominator)
+
+
+def select_frames(slots: np.ndarray, count: int) -> np.ndarray:
+    """Source frame index shown at each of `count` output frames, given each source frame's slot."""
+    monotone = np.maximum.accumulate(np.asarray(slots, dtype=np.int64))
+    chosen = np.searchsorted(monotone, np.arange(count), side="right") - 1
+    return np.clip(chosen, 0, len(monotone) - 1)
+
+
+def select_frames_at(starts_seconds: Iterable[float], fps: float, count: int) -> np.ndarray:
+    """`select_frames` for timestamps in seconds, in exact rational arithmetic (simulations, tests)."""
+    starts = [Fraction(value) for value in starts_seconds]
+    rate = Fraction(fps)
+    slots = [math.floor((start - starts[0]) * rate + Fraction(1, 2)) for start in starts]
+    return select_frames(np.asarray(slots, dtype=np.int64), count)
 
 
 def rows_3d(frames_24fps: int) -> int:
@@ -99,64 +133,208 @@ def rows_3d(frames_24fps: int) -> int:
     return math.ceil(frames_24fps / schema.CLIP_LEN_3D)
 
 
-def open_video(path: Path, num_threads: int = 0):
-    """decord VideoReader, with decord's errors turned into a MediaError with a kind."""
-    decord = import_decord()
+def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(w, h) with the short side set and the long side truncated, as the reference computes it."""
+    if width >= height:
+        return int(width * short_side / height), short_side
+    return short_side, int(height * short_side / width)
+
+
+def crop_origin(size: int, target: int = schema.SIZE_3D) -> int:
+    """The reference's center-crop offset: int((size - target) / 2), truncated (199 -> 43)."""
+    return (size - target) // 2
+
+
+def open_video(path: Path, num_threads: int = 0) -> VideoSource:
+    """Read every frame's exact timestamp (a demux pass, no decoding) and the frame size; a
+    MediaError with a kind for files that cannot be used."""
+    import av
+
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
         raise MediaError(FailureKind.BAD_MEDIA, f"{path.name} is empty (0 bytes)")
     try:
-        return decord.VideoReader(str(path), num_threads=num_threads)
-    except Exception as err:  # decord raises RuntimeError/DECORDError with ffmpeg's text
-        text = " ".join(str(err).split())[:500]
-        kind = FailureKind.NO_VIDEO if "cannot find video stream" in text else FailureKind.BAD_MEDIA
-        raise MediaError(kind, f"cannot decode {path.name}: {text}") from None
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise MediaError(FailureKind.NO_VIDEO, f"cannot decode {path.name}: cannot find video stream")
+            stream = container.streams.video[0]
+            width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+            pts, durations = packet_times(container, stream)
+            time_base = Fraction(stream.time_base)
+    except av.error.FFmpegError as err:
+        raise MediaError(FailureKind.BAD_MEDIA, f"cannot decode {path.name}: {' '.join(str(err).split())[:500]}") from None
+    if len(pts) == 0 or width <= 0 or height <= 0:
+        raise MediaError(FailureKind.BAD_MEDIA, f"cannot decode {path.name}: no video frames")
+    return VideoSource(path, pts, durations, time_base, width, height, num_threads)
 
 
-def frame_times(reader) -> np.ndarray:
-    """(N, 2) start and end time of every frame, in seconds, from the container's timestamps."""
-    return np.asarray(reader.get_frame_timestamp(np.arange(len(reader))), dtype=np.float64)
+def packet_times(container, stream) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted presentation timestamps and durations of the stream's frames (from its packets)."""
+    stamps: list[tuple[int, int]] = []
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the demuxer's end-of-stream marker
+            continue
+        stamp = packet.pts if packet.pts is not None else packet.dts
+        if stamp is not None:
+            stamps.append((int(stamp), int(packet.duration or 0)))
+    stamps.sort()
+    array = np.asarray(stamps, dtype=np.int64).reshape(-1, 2)
+    durations = array[:, 1].copy()
+    gaps = np.diff(array[:, 0])
+    missing = durations <= 0
+    if missing.any():  # no packet duration: the gap to the next frame (the last one repeats the previous)
+        fallback = np.r_[gaps, gaps[-1] if len(gaps) else 1]
+        durations[missing] = np.maximum(fallback[missing], 1)
+    return array[:, 0].copy(), durations
 
 
-def probe(reader) -> VideoInfo:
-    """Duration, rate and size from the real timestamps; raises MediaError for unusable files."""
-    times = frame_times(reader)
-    duration = float(times[-1, 1] - times[0, 0])
+def probe(source: VideoSource) -> VideoInfo:
+    """Duration, rate and size from the exact timestamps; raises MediaError for unusable files."""
+    ticks = int(source.pts[-1] + source.durations[-1] - source.pts[0])
+    duration = float(ticks * source.time_base)
     if not np.isfinite(duration) or duration < MIN_DURATION_S:
         raise MediaError(FailureKind.TOO_SHORT, f"video lasts {duration:.3f} s, shorter than {MIN_DURATION_S:g} s")
-    steps = np.diff(times[:, 0])
+    steps = np.diff(source.pts).astype(np.float64)
     variable = bool(len(steps) > 1 and (steps.max() - steps.min()) > VFR_TOLERANCE * max(steps.mean(), 1e-9))
-    height, width = reader[0].shape[:2]
-    reader.seek(0)
-    return VideoInfo(duration=duration, fps=float(len(times) / duration), width=int(width),
-                     height=int(height), num_frames=len(times), variable_frame_rate=variable)
+    return VideoInfo(duration=duration, fps=float(len(source.pts) / duration), width=source.width,
+                     height=source.height, num_frames=len(source.pts), variable_frame_rate=variable)
 
 
-def iterate_chunks(reader, info: VideoInfo, want_1fps: bool = True, want_24fps: bool = True,
+def exact_output_count(source: VideoSource, fps: float) -> int:
+    """round_half_up(duration * fps) in integers: the `fps` filter's number of output frames."""
+    ticks = int(source.pts[-1] + source.durations[-1] - source.pts[0])
+    total = Fraction(ticks) * source.time_base * Fraction(fps).limit_denominator(1 << 16)
+    return int((2 * total.numerator + total.denominator) // (2 * total.denominator))
+
+
+class Scaler:
+    """libavfilter `scale=W:H,format=rgb24` on single frames: the reference chain's own scaler."""
+
+    def __init__(self, stream, width: int, height: int) -> None:
+        import av
+
+        self.graph = av.filter.Graph()
+        source = self.graph.add_buffer(template=stream)
+        scale = self.graph.add("scale", f"{width}:{height}")
+        to_rgb = self.graph.add("format", "rgb24")
+        sink = self.graph.add("buffersink")
+        source.link_to(scale)
+        scale.link_to(to_rgb)
+        to_rgb.link_to(sink)
+        self.graph.configure()
+
+    def __call__(self, frame) -> np.ndarray:
+        self.graph.push(frame)
+        return self.graph.pull().to_ndarray()
+
+
+@dataclass
+class _Track:
+    """One output rate: which source frame each output shows, and the frames gathered so far."""
+
+    picks: np.ndarray  # source frame index of every output frame
+    per_chunk: int
+    scaler: Scaler
+    crop: tuple[int, int] | None
+    gathered: list[np.ndarray] = field(default_factory=list)
+    done: int = 0  # outputs gathered so far
+    last: np.ndarray | None = None
+
+    def offer(self, frame, position: int) -> None:
+        """Scale `frame` once if any output shows it (or an earlier frame the decoder skipped)."""
+        if self.done >= len(self.picks) or int(self.picks[self.done]) > position:
+            return
+        image = self.scaler(frame)
+        if self.crop is not None:
+            x, y = self.crop
+            image = image[y:y + schema.SIZE_3D, x:x + schema.SIZE_3D]
+        self.last = np.ascontiguousarray(image)
+        while self.done < len(self.picks) and int(self.picks[self.done]) <= position:
+            self.gathered.append(self.last)
+            self.done += 1
+
+    def finish(self) -> None:
+        while self.done < len(self.picks) and self.last is not None:
+            self.gathered.append(self.last)
+            self.done += 1
+
+    def take(self, final: bool) -> np.ndarray | None:
+        """The next chunk's frames; a short remainder only once no more outputs can come."""
+        final = final or self.done == len(self.picks)
+        if not self.gathered or (len(self.gathered) < self.per_chunk and not final):
+            return None
+        part, self.gathered = self.gathered[:self.per_chunk], self.gathered[self.per_chunk:]
+        return np.stack(part)
+
+
+def iterate_chunks(source: VideoSource, info: VideoInfo, want_1fps: bool = True, want_24fps: bool = True,
                    chunk_seconds: int = DEFAULT_CHUNK_SECONDS) -> Iterator[FrameChunk]:
-    """Yield the 1 fps and 24 fps frames chunk by chunk, decoding each source frame once."""
-    starts = frame_times(reader)[:, 0]
-    pick_1 = select_frames(starts, schema.FPS_2D, output_count(info.duration, schema.FPS_2D)) if want_1fps else None
-    pick_24 = select_frames(starts, schema.FPS_3D, output_count(info.duration, schema.FPS_3D)) if want_24fps else None
+    """Yield the 1 fps (short side 224) and 24 fps (112x112) frames chunk by chunk from one
+    sequential decode; each chosen source frame is scaled once per size that needs it."""
+    import av
+
     per_1 = int(chunk_seconds * schema.FPS_2D)
     per_24 = int(chunk_seconds * schema.FPS_3D)
     if per_24 % schema.CLIP_LEN_3D:
         raise ValueError(f"chunk_seconds={chunk_seconds} does not hold whole 16-frame clips at 24 fps")
-    n_chunks = max(math.ceil(len(pick_1) / per_1) if pick_1 is not None else 0,
-                   math.ceil(len(pick_24) / per_24) if pick_24 is not None else 0)
-    for index in range(n_chunks):
-        part_1 = pick_1[index * per_1:(index + 1) * per_1] if pick_1 is not None else None
-        part_24 = pick_24[index * per_24:(index + 1) * per_24] if pick_24 is not None else None
-        needed = np.unique(np.concatenate([p for p in (part_1, part_24) if p is not None]))
-        decoded = reader.get_batch(needed.tolist()).asnumpy() if len(needed) else None
-        position = {int(frame): row for row, frame in enumerate(needed)}
+    if not (want_1fps or want_24fps):
+        return
+    try:
+        with av.open(str(source.path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = source.threads
+            tracks = make_tracks(source, stream, want_1fps, want_24fps, per_1, per_24)
+            chunk_index = 0
+            position = -1
+            for frame in container.decode(stream):
+                position = frame_position(source, frame, position)
+                for track in tracks.values():
+                    track.offer(frame, position)
+                while chunk_ready(tracks):
+                    yield chunk_of(chunk_index, tracks, final=False)
+                    chunk_index += 1
+    except av.error.FFmpegError as err:
+        raise MediaError(FailureKind.BAD_MEDIA, f"cannot decode {source.path.name}: {' '.join(str(err).split())[:500]}") from None
+    for track in tracks.values():  # outputs after the last decoded frame repeat it (as ffmpeg does)
+        track.finish()
+    while any(track.gathered for track in tracks.values()):
+        yield chunk_of(chunk_index, tracks, final=True)
+        chunk_index += 1
 
-        def take(part: np.ndarray | None) -> np.ndarray | None:
-            if part is None:
-                return None
-            return decoded[[position[int(frame)] for frame in part]]
 
-        yield FrameChunk(index=index, frames_1fps=take(part_1), frames_24fps=take(part_24))
+def frame_position(source: VideoSource, frame, previous: int) -> int:
+    """The decoded frame's index among the sorted timestamps (the next one if it has no pts)."""
+    if frame.pts is None:
+        return min(previous + 1, len(source.pts) - 1)
+    return int(np.searchsorted(source.pts, frame.pts, side="right")) - 1
+
+
+def make_tracks(source: VideoSource, stream, want_1fps: bool, want_24fps: bool, per_1: int,
+                per_24: int) -> dict[str, "_Track"]:
+    tracks: dict[str, _Track] = {}
+    for name, wanted, fps, short, per in (("1fps", want_1fps, schema.FPS_2D, schema.SHORT_SIDE_2D, per_1),
+                                          ("24fps", want_24fps, schema.FPS_3D, schema.SIZE_3D, per_24)):
+        if not wanted:
+            continue
+        rate = Fraction(fps).limit_denominator(1 << 16)
+        width, height = scaled_size(source.width, source.height, short)
+        crop = (crop_origin(width), crop_origin(height)) if name == "24fps" else None
+        tracks[name] = _Track(select_frames(exact_slots(source.pts, source.time_base, rate), exact_output_count(source, fps)),
+                              per, Scaler(stream, width, height), crop)
+    return tracks
+
+
+def chunk_ready(tracks: dict[str, "_Track"]) -> bool:
+    """A chunk is whole when every track has a chunk's worth of outputs (or has none left)."""
+    full = [len(t.gathered) >= t.per_chunk for t in tracks.values()]
+    return any(full) and all(f or t.done == len(t.picks) for f, t in zip(full, tracks.values()))
+
+
+def chunk_of(index: int, tracks: dict[str, "_Track"], final: bool) -> FrameChunk:
+    one, dense = tracks.get("1fps"), tracks.get("24fps")
+    return FrameChunk(index=index, frames_1fps=one.take(final) if one else None,
+                      frames_24fps=dense.take(final) if dense else None)
 
 
 def read_audio(path: Path) -> np.ndarray | None:

@@ -12,17 +12,24 @@ import pytest
 from howto_prep import decode
 from howto_prep.synthetic.mp4 import write_mp4
 
-LEVEL_STEP = 3  # frame i is a flat grey of level 3 * i (< 256 for <= 85 frames): a frame names its index
+LEVEL_STEP = 12  # frame i is flat: red 12 * (i % 20) + 8, green 12 * (i // 20) + 8: a frame names its index
 
 
 def level_frames(count: int, height: int = 48, width: int = 64) -> list[np.ndarray]:
-    return [np.full((height, width, 3), i * LEVEL_STEP, np.uint8) for i in range(count)]
+    frames = []
+    for i in range(count):
+        frame = np.full((height, width, 3), 128, np.uint8)
+        frame[..., 0] = LEVEL_STEP * (i % 20) + 8
+        frame[..., 1] = LEVEL_STEP * (i // 20) + 8
+        frames.append(frame)
+    return frames
 
 
 def frame_index(frame: np.ndarray, count: int) -> int:
-    """Index of the source frame a decoded frame shows (nearest grey level, lossy codec)."""
-    level = float(frame.mean())
-    return int(np.argmin([abs(level - i * LEVEL_STEP) for i in range(count)]))
+    """Index of the source frame a decoded frame shows (nearest levels: the codec is lossy)."""
+    red, green = float(frame[..., 0].mean()), float(frame[..., 1].mean())
+    index = int(round((green - 8) / LEVEL_STEP)) * 20 + int(round((red - 8) / LEVEL_STEP))
+    return min(max(index, 0), count - 1)
 
 
 def fps_filter_reference(starts: list[float], end: float, fps: float) -> list[int]:
@@ -52,7 +59,7 @@ def fps_filter_reference(starts: list[float], end: float, fps: float) -> list[in
 def test_selection_matches_hand_computed_cfr_values() -> None:
     starts = np.arange(75) / 30.0  # 2.5 s at 30 fps
     # output k shows the last frame whose start rounds to <= k: 14 (0.467 s), 44, 74
-    assert decode.select_frames(starts, 1.0, decode.output_count(2.5, 1.0)).tolist() == [14, 44, 74]
+    assert decode.select_frames_at(starts, 1.0, decode.output_count(2.5, 1.0)).tolist() == [14, 44, 74]
     assert decode.output_count(2.5, 24.0) == 60 and decode.rows_3d(60) == 4
     assert decode.output_count(2.49, 1.0) == 2
 
@@ -64,7 +71,7 @@ def test_selection_matches_fps_filter_simulation(fps_in: float, fps_out: float) 
     starts = [i / fps_in for i in range(count)]
     end = count / fps_in
     expected = fps_filter_reference(starts, end, fps_out)
-    got = decode.select_frames(np.array(starts), fps_out, decode.output_count(end, fps_out))
+    got = decode.select_frames_at(np.array(starts), fps_out, decode.output_count(end, fps_out))
     assert got.tolist() == expected
 
 
@@ -74,17 +81,19 @@ def test_selection_variable_frame_rate_matches_simulation() -> None:
     end = float(starts[-1] + 0.05)
     for fps in (1.0, 24.0):
         expected = fps_filter_reference(starts.tolist(), end, fps)
-        assert decode.select_frames(starts, fps, decode.output_count(end, fps)).tolist() == expected
+        assert decode.select_frames_at(starts, fps, decode.output_count(end, fps)).tolist() == expected
 
 
 def test_chunks_decode_the_selected_frames_of_a_real_mp4(tmp_path: Path) -> None:
     count = 75  # 2.5 s at 30 fps
     path = write_mp4(tmp_path / "levels.mp4", level_frames(count), 30.0)
-    reader = decode.open_video(path)
-    info = decode.probe(reader)
+    source = decode.open_video(path)
+    info = decode.probe(source)
     assert info.duration == pytest.approx(2.5, abs=1e-3) and (info.width, info.height) == (64, 48)
     assert not info.variable_frame_rate
-    chunks = list(decode.iterate_chunks(reader, info, chunk_seconds=2))
+    chunks = list(decode.iterate_chunks(source, info, chunk_seconds=2))
+    # Frames leave the decoder at the recipes' sizes: short side 224 (2D), 112x112 cropped (3D).
+    assert chunks[0].frames_1fps.shape[1:] == (224, 298, 3) and chunks[0].frames_24fps.shape[1:] == (112, 112, 3)
     ones = np.concatenate([c.frames_1fps for c in chunks])
     all_24 = np.concatenate([c.frames_24fps for c in chunks])
     starts = [i / 30 for i in range(count)]
@@ -115,11 +124,11 @@ def write_vfr_mp4(path: Path, pts_ms: list[int]) -> Path:
 def test_variable_frame_rate_uses_real_timestamps(tmp_path: Path) -> None:
     steps = [20 if i % 2 == 0 else 90 for i in range(39)]
     pts_ms = np.r_[0, np.cumsum(steps)].astype(int).tolist()
-    reader = decode.open_video(write_vfr_mp4(tmp_path / "vfr.mp4", pts_ms))
-    info = decode.probe(reader)
+    source = decode.open_video(write_vfr_mp4(tmp_path / "vfr.mp4", pts_ms))
+    info = decode.probe(source)
     assert info.variable_frame_rate
-    chunk = next(decode.iterate_chunks(reader, info, want_24fps=False))
-    starts = decode.frame_times(reader)[:, 0].tolist()
+    chunk = next(decode.iterate_chunks(source, info, want_24fps=False))
+    starts = (source.pts * float(source.time_base)).tolist()
     assert starts[:4] == pytest.approx([0.0, 0.02, 0.11, 0.13], abs=1e-4)
     expected = fps_filter_reference(starts, starts[0] + info.duration, 1.0)
     assert [frame_index(f, len(pts_ms)) for f in chunk.frames_1fps] == expected
@@ -138,10 +147,11 @@ def test_odd_frame_size_decodes(tmp_path: Path) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    reader = decode.open_video(path)
-    info = decode.probe(reader)
-    chunk = next(decode.iterate_chunks(reader, info))
-    assert chunk.frames_1fps.shape == (1, 241, 321, 3) and chunk.frames_24fps.shape == (30, 241, 321, 3)
+    source = decode.open_video(path)
+    info = decode.probe(source)
+    chunk = next(decode.iterate_chunks(source, info))
+    # 321x241: 2D 298x224 (int(321 * 224 / 241) = 298), 3D 149x112 cropped at x = int(37 / 2) = 18.
+    assert chunk.frames_1fps.shape == (1, 224, 298, 3) and chunk.frames_24fps.shape == (30, 112, 112, 3)
 
 
 def test_audio_is_16k_mono_float32(tmp_path: Path) -> None:

@@ -99,3 +99,18 @@ def l2_normalised_float16(features: Any) -> Any:
 
     rows = torch.nn.functional.normalize(features.float(), dim=1)
     return rows.to(torch.float16).cpu().numpy()
+
+
+def resize_short_side(batch: Any, short_side: int) -> Any:
+    """uint8 (N, 3, H, W) with the short side set to `short_side` and the long side truncated as
+    the reference computes it; a no-op for frames the decoder already scaled."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    from howto_prep.decode import scaled_size
+
+    height, width = batch.shape[-2:]
+    new_width, new_height = scaled_size(width, height, short_side)
+    if (new_width, new_height) == (width, height):
+        return batch
+    return TF.resize(batch, [new_height, new_width], interpolation=InterpolationMode.BICUBIC, antialias=True)

@@ -1,7 +1,8 @@
 """2D appearance features: torchvision ResNet-152 trunk + global average pool at 1 fps.
 
-Recipe (docs/recipes.md section 2): short side resized to 224 with the aspect kept and NO crop (a 16:9
-frame becomes 398x224), RGB / 255, ImageNet mean/std, 2048-d output, L2-normalised, float16.
+Recipe (docs/recipes.md section 2): short side resized to 224 with the aspect kept, the long side
+truncated, and NO crop (a 16:9 frame becomes 398x224), RGB / 255, ImageNet mean/std, 2048-d output,
+L2-normalised, float16.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 from howto_prep import schema
 from howto_prep.errors import UserError
 from howto_prep.features import weights as weights_util
-from howto_prep.features.frame_model import FrameFeatureModel, frames_to_tensor
+from howto_prep.features.frame_model import FrameFeatureModel, frames_to_tensor, resize_short_side
 from howto_prep.files import file_sha256
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -82,11 +83,12 @@ class ResNet152Features(FrameFeatureModel):
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
 
     def prepare(self, frames: np.ndarray) -> Any:
-        """uint8 (N, H, W, 3) -> float (N, 3, h, w): short side 224, no crop, ImageNet-normalised."""
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms.v2 import functional as TF
+        """uint8 (N, H, W, 3) -> float (N, 3, h, w): short side 224, no crop, ImageNet-normalised.
 
+        The decoder already delivers frames at short side 224, scaled by ffmpeg exactly as the
+        reference does (howto_prep.decode); other sizes are resized here (bicubic, antialiased:
+        close to, not identical with, ffmpeg's scaler)."""
         batch = frames_to_tensor(frames, self.device)
-        resized = TF.resize(batch, [schema.SHORT_SIDE_2D], interpolation=InterpolationMode.BILINEAR, antialias=True)
+        resized = resize_short_side(batch, schema.SHORT_SIDE_2D)
         pixels = resized.float().div_(255.0)
         return (pixels - self.mean) / self.std

@@ -1,9 +1,10 @@
 """3D motion features: ResNeXt-101 (Kinetics-400) on non-overlapping 16-frame clips at 24 fps.
 
-Recipe (docs/recipes.md section 2): short side resized to 112, center crop 112x112, clips of 16 frames
-(1.5 clips per second), the last clip padded with black frames BEFORE the Kinetics mean is
-subtracted (so the padding is -mean, as in the reference extractor), RGB 0..255 minus
-(110.63, 103.16, 96.29), std 1; 2048-d pooled output, L2-normalised, float16.
+Recipe (docs/recipes.md section 2): short side resized to 112 (long side truncated), crop 112x112
+at x = int((W - 112) / 2), y = int((H - 112) / 2) (truncation: a 199-wide frame is cropped at 43),
+clips of 16 frames (1.5 clips per second), the last clip padded with black frames BEFORE the mean is
+subtracted (so the padding is -mean, as in the reference extractor), RGB 0..255 minus exactly
+(110.6, 103.2, 96.3), std 1; 2048-d pooled output, L2-normalised, float16.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import numpy as np
 
 from howto_prep import schema
 from howto_prep.features import weights as weights_util
-from howto_prep.features.frame_model import FrameFeatureModel, frames_to_tensor
+from howto_prep.features.frame_model import FrameFeatureModel, frames_to_tensor, resize_short_side
 from howto_prep.files import file_sha256
 
-KINETICS_MEAN = (110.63, 103.16, 96.29)
+KINETICS_MEAN = (110.6, 103.2, 96.3)  # the reference extractor's preprocessing, exactly
 MODEL_NAME = "resnext101-3d (Hara et al., Kinetics-400) trunk+avgpool"
 OPTION = "--weights-3d"
 
@@ -67,13 +68,17 @@ class ResNeXt101Features(FrameFeatureModel):
         return self.clips(frames)
 
     def resize_and_crop(self, frames: np.ndarray) -> Any:
-        """uint8 (N, H, W, 3) -> uint8 (N, 3, 112, 112): short side 112, then the central square."""
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms.v2 import functional as TF
+        """uint8 (N, H, W, 3) -> uint8 (N, 3, 112, 112): short side 112, then the reference's crop.
 
-        batch = frames_to_tensor(frames, self.device)
-        resized = TF.resize(batch, [schema.SIZE_3D], interpolation=InterpolationMode.BILINEAR, antialias=True)
-        return TF.center_crop(resized, [schema.SIZE_3D, schema.SIZE_3D])
+        The decoder already delivers 112x112 frames scaled by ffmpeg and cropped (howto_prep.decode);
+        other sizes are resized here (bicubic, antialiased: close to ffmpeg's scaler) and cropped at
+        the reference's truncated offsets."""
+        from howto_prep.decode import crop_origin
+
+        resized = resize_short_side(frames_to_tensor(frames, self.device), schema.SIZE_3D)
+        height, width = resized.shape[-2:]
+        top, left = crop_origin(height), crop_origin(width)
+        return resized[..., top:top + schema.SIZE_3D, left:left + schema.SIZE_3D]
 
     def clips(self, frames: np.ndarray) -> Any:
         """uint8 frames -> float (B, 3, 16, 112, 112), black-padded to whole clips, mean subtracted."""
