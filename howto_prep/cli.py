@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     clips.add_argument("--test-list", type=Path, help="MSR-VTT: a plain id list (e.g. the 1k-A test ids)")
     extract.set_defaults(handler="howto_prep.extract.command:run_extract")
 
+    verify = sub.add_parser("verify", help="check every shard's size, sha256 and members against its JSON")
+    verify.add_argument("shards", type=Path, help="a shard set folder")
+    verify.set_defaults(handler="howto_prep.verify:run_verify")
+
     doctor = sub.add_parser("doctor", help="check that every native library of the stack works (names the broken one)")
     doctor.add_argument("--skip-ray", action="store_true", help="leave out the Ray start (about 5 s)")
     doctor.set_defaults(handler="howto_prep.doctor:run_doctor")

@@ -7,7 +7,7 @@ import importlib
 import sys
 from typing import Callable, Sequence
 
-from howto_prep.errors import UserError
+from howto_prep.errors import ExitCode, UserError
 
 
 def run_handler(prog: str, args: argparse.Namespace) -> int:
@@ -22,11 +22,12 @@ def run_handler(prog: str, args: argparse.Namespace) -> int:
         )
         return int(handler(args) or 0)
     except UserError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+        label = "system fault" if err.exit_code == ExitCode.SYSTEM_FAULT else "error"
+        print(f"{prog}: {label}: {err}", file=sys.stderr)
+        return int(err.exit_code)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return int(ExitCode.INTERRUPTED)
 
 
 def main_for(prog: str, build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> int:

@@ -8,11 +8,38 @@ or the system's (the machine, a library, a worker, credentials: not the video's 
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, IntEnum
+
+
+class ExitCode(IntEnum):
+    """What a command's exit status says happened (README, "Exit codes")."""
+
+    OK = 0  # finished; videos that failed by their own fault are recorded (status shows them)
+    CHECK_FAILED = 1  # `howto-prep verify` found a shard that does not match its JSON
+    USAGE = 2  # bad input or options: nothing was started
+    BROKEN_ENVIRONMENT = 3  # a library of the stack does not work (`howto-prep doctor` names it)
+    OUTPUT_LOCKED = 4  # another run holds the output folder: nothing was touched
+    SYSTEM_FAULT = 5  # the run stopped on a fault of the system, not of a video; rerun to continue
+    INTERRUPTED = 130  # Ctrl-C or SIGTERM; rerun to continue
 
 
 class UserError(Exception):
     """Bad input or an unrecoverable condition the user can fix; the message is one sentence."""
+
+    exit_code = ExitCode.USAGE
+
+
+class OutputLocked(UserError):
+    """Another run holds the output folder's lock; the message names the holder."""
+
+    exit_code = ExitCode.OUTPUT_LOCKED
+
+
+class SystemFault(UserError):
+    """A fault of the system (library, worker, memory, disk, cluster, credentials): the run stops
+    without recording it against any video, and a rerun continues where it stopped."""
+
+    exit_code = ExitCode.SYSTEM_FAULT
 
 
 class Fault(str, Enum):
@@ -40,6 +67,7 @@ class FailureKind(str, Enum):
     TOO_SHORT = ("too_short", Fault.VIDEO, "shorter than the 1 s minimum")
     BAD_ID = ("bad_id", Fault.VIDEO, "the id cannot be a shard key (it contains a dot)")
     DECODE_TIMEOUT = ("decode_timeout", Fault.VIDEO, "decoding the video hung past the time limit")
+    DECODER_CRASHED = ("decoder_crashed", Fault.VIDEO, "the decoding process died on this video (FFmpeg crashed on it)")
     # Transient: the network between us and the source.
     NETWORK = ("network", Fault.TRANSIENT, "5xx, resets, refused connections, short bodies")
     NETWORK_TIMEOUT = ("timeout", Fault.TRANSIENT, "no bytes for longer than the socket timeout")
@@ -47,10 +75,19 @@ class FailureKind(str, Enum):
     AUTH = ("auth", Fault.SYSTEM, "credentials or cookies rejected")
     WORKER_DIED = ("worker_died", Fault.SYSTEM, "the worker process crashed (a decoder segfault, a killed actor)")
     OUT_OF_MEMORY = ("out_of_memory", Fault.SYSTEM, "Ray's memory monitor killed the worker")
+    DISK_FULL = ("disk_full", Fault.SYSTEM, "no space left (or over quota, or read-only) where the output is written")
     ERROR = ("error", Fault.SYSTEM, "an unexpected error; the recorded text says more")
 
     def __str__(self) -> str:
         return self.value
+
+
+DISK_ERRNOS = frozenset({28, 122, 30})  # ENOSPC, EDQUOT, EROFS
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """An OSError that says the output's filesystem takes no more bytes (a system fault)."""
+    return isinstance(err, OSError) and err.errno in DISK_ERRNOS
 
 
 LEGACY_VALUES = {"other": FailureKind.ERROR, "internal": FailureKind.WORKER_DIED}

@@ -1,9 +1,11 @@
 """Shard set on disk: the writer (rollover, atomic rename, per-shard JSON last), readers, index, failures.
 
 A shard exists only when its per-shard JSON exists: the tar is written under a temporary name,
-renamed, hashed, and only then is the JSON written (itself through a temporary name). Anything
-else found in the folder (a temporary tar, a tar without JSON) is the residue of a killed run and
-is deleted by `clean_unfinished`, so its videos are redone.
+renamed, hashed, and only then is the JSON written (itself through a temporary name). A killed
+run leaves temporary files (ours by their name: `clean_unfinished` removes them) and at most a tar
+without its JSON; such a tar is never read, never overwritten and never deleted (we cannot know
+we made it): new shards take indices after every existing tar and JSON, and the tar's videos,
+not being in any finished shard, are redone. `howto-prep status` lists such tars.
 """
 
 from __future__ import annotations
@@ -51,18 +53,20 @@ def finished_keys(out_dir: Path) -> set[str]:
 
 
 def clean_unfinished(out_dir: Path) -> list[Path]:
-    """Delete temporary files and tars without their JSON (a killed run's residue); return them."""
+    """Delete our own temporary files (a killed run's residue; the output lock guarantees no other
+    run is writing them); return them. Nothing else is ever deleted."""
     out_dir = Path(out_dir)
     removed = []
     for path in out_dir.iterdir():
         if is_temp_name(path.name):
             path.unlink(missing_ok=True)
             removed.append(path)
-    for tar in out_dir.glob("*.tar"):
-        if not tar.with_suffix(".json").exists():
-            tar.unlink(missing_ok=True)
-            removed.append(tar)
     return removed
+
+
+def unfinished_tars(out_dir: Path) -> list[Path]:
+    """Tars without their per-shard JSON: not part of the set (not read, kept as they are)."""
+    return sorted(tar for tar in Path(out_dir).glob("*.tar") if not tar.with_suffix(".json").exists())
 
 
 def write_index(out_dir: Path) -> dict:
@@ -123,8 +127,8 @@ class ShardWriter:
         self.max_bytes = max_bytes
         self.prefix = prefix
         clean_unfinished(self.out_dir)
-        taken = [int(SHARD_JSON_PATTERN.match(p.name)["index"]) for p in shard_jsons(self.out_dir)
-                 if SHARD_JSON_PATTERN.match(p.name)["prefix"] == prefix]
+        name = re.compile(rf"^{re.escape(prefix)}-(?P<index>\d{{6}})\.(json|tar)$")
+        taken = [int(match["index"]) for match in map(name.match, os.listdir(self.out_dir)) if match]
         self.next_index = max(taken) + 1 if taken else 0
         self._shard: ExitStack | None = None  # the open shard: its temporary file, renamed on close_shard
         self._tar = None
@@ -218,7 +222,7 @@ def shard_set_summary(shard_dir: Path) -> str:
     records = read_shard_records(shard_dir)
     done = {key for record in records for key in record["keys"]}
     failures = {vid: rec for vid, rec in read_failures(shard_dir).items() if vid not in done}
-    unfinished = [p.name for p in shard_dir.glob("*.tar") if not p.with_suffix(".json").exists()]
+    unfinished = unfinished_tars(shard_dir)
     rows = [("shards", str(len(records))),
             ("videos", str(sum(record["count"] for record in records))),
             ("hours", f"{sum(record.get('video_seconds', 0.0) for record in records) / 3600:.3f}"),
@@ -227,7 +231,7 @@ def shard_set_summary(shard_dir: Path) -> str:
             ("failed videos", str(len(failures)))]
     rows += [(f"  failed: {kind}", str(count)) for kind, count in sorted(Counter(r["kind"] for r in failures.values()).items())]
     if unfinished:
-        rows.append(("unfinished tars (redone on rerun)", str(len(unfinished))))
+        rows.append(("tars without JSON (not read; videos redone)", str(len(unfinished))))
     width = max(len(name) for name, _ in rows)
     lines = [f"shard set {shard_dir}", "-" * (width + 16)]
     lines += [f"{name:<{width}}  {value:>12}" for name, value in rows]

@@ -152,7 +152,7 @@ def test_wrong_password_stops_the_run_in_one_line(library: Path, tmp_path: Path,
         sent = sum(mirror.requests.values())
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
-    assert code == 2 and err[-1].startswith("howto-prep: error: the mirror rejected the credentials")
+    assert code == 5 and err[-1].startswith("howto-prep: system fault: the mirror rejected the credentials")
     assert PASSWORD not in captured.out + captured.err
     assert_no_secret(files_under(out))
     assert sent <= AUTH_STOP_AFTER + 2  # a handful of requests, not one per video
@@ -318,3 +318,39 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, capsys, extra: list[str
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path):
+    """A real 160 KiB tmpfs (root can mount one; elsewhere the test cannot run and says so)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_full_disk_stops_the_run_and_blames_no_video(library: Path, small_filesystem: Path, capsys) -> None:
+    out = small_filesystem / "videos"
+    ids = small_filesystem.parent / "ids.txt"
+    wanted = ["good01", "good02", "late01", "late02", "late03", "late04"]
+    ids.write_text("\n".join(wanted) + "\n")
+    credentials = small_filesystem.parent / "credentials.txt"
+    credentials.write_text(f"{USER}:{PASSWORD}\n")
+    credentials.chmod(0o600)
+    (small_filesystem / "filler").write_bytes(b"\0" * 100_000)  # leaves room for the manifest and a video or two
+    with LoopbackMirror(library, (USER, PASSWORD)) as mirror:
+        args = ["download", "--ids", str(ids), "--out", str(out), "--source", "mirror", "--mirror-url", mirror.url,
+                "--credentials", str(credentials), "--workers", "0"]
+        code = cli_main(args)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 5 and err[-1].startswith("howto-prep: system fault:"), err
+        assert "Traceback" not in "\n".join(err)
+        rows = manifest_rows(out) if (out / schema.MANIFEST_FILE).exists() else {}
+        assert not [row for row in rows.values() if row.status == "failed"]  # no video blamed
+        (small_filesystem / "filler").unlink()
+        subprocess.run(["mount", "-o", "remount,size=20m", str(small_filesystem)], check=True)
+        assert cli_main(args) == 0  # the rerun continues; no --retry-failed needed
+    assert {video: row.status for video, row in manifest_rows(out).items()} == {video: "done" for video in wanted}

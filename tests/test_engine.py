@@ -72,7 +72,7 @@ def test_checkpoint_holds_the_full_training_state(shard_dir, tmp_path):
     result = train(config, shard_dir, tmp_path / "run", SINGLE)
     files = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert files == ["step-000000002.pt"]  # pruned to one, no temp file left
-    state = torch.load(result.checkpoint, weights_only=False)
+    state = torch.load(result.checkpoint, weights_only=True)
     assert {"model", "optimizer", "scheduler", "objective", "rng", "step", "epoch", "config"} <= set(state)
     assert state["step"] == 2 and state["epoch"] == 1 and state["config"] == config.to_dict()
     assert state["scheduler"]["last_epoch"] == 1 and len(state["optimizer"]["state"]) > 0
@@ -161,5 +161,5 @@ def test_mcn_pretrains_through_the_trainer_with_its_cluster_state(shard_dir, tmp
         pytest.skip(f"build_model cannot build MCN yet: {err}")
     result = train(config, shard_dir, tmp_path / "run", SINGLE)
     assert len(result.losses) == 4 and all(math.isfinite(v) for v in result.losses)
-    state = torch.load(result.checkpoint, weights_only=False)["objective"]
+    state = torch.load(result.checkpoint, weights_only=True)["objective"]
     assert state["step"] == 4 and state["centroids"] is not None and state["centroids"].shape == (2, 16)

@@ -83,7 +83,7 @@ def test_best_checkpoint_holds_the_best_epoch_and_frozen_batchnorm(setup: dict, 
     for combo, metrics in best_row["results"].items():
         for key, value in metrics.items():
             assert again["results"]["cosine"][combo][key] == pytest.approx(value), (combo, key)
-    init = torch.load(setup["checkpoint"], map_location="cpu", weights_only=False)["model"]
+    init = torch.load(setup["checkpoint"], map_location="cpu", weights_only=True)["model"]
     stats = [k for k in init if k.endswith(("running_mean", "running_var"))]
     assert stats and all(torch.equal(init[k], best_state["model"][k]) for k in stats)  # model kept in eval mode
     if results["best_epoch"] > 0:  # while the trained weights did move

@@ -70,17 +70,22 @@ def test_samples_read_back_with_webdataset_and_wids(tmp_path: Path) -> None:
     np.testing.assert_array_equal(dataset[1][".resnet152.npy"], expected)  # wids decodes .npy
 
 
-def test_unfinished_shard_is_dropped_and_its_videos_redone(tmp_path: Path) -> None:
+def test_unfinished_shard_is_ignored_kept_and_its_videos_redone(tmp_path: Path) -> None:
     write_videos(tmp_path, [0, 1], max_bytes=1)  # one shard per video
     (tmp_path / "shard-000001.json").unlink()  # as if killed between the rename and the JSON
+    orphan = (tmp_path / "shard-000001.tar").read_bytes()
     temp_sibling(tmp_path / "shard-000002.tar").write_bytes(b"partial")  # killed while writing
+    foreign = tmp_path / "shard-000007.tar"
+    foreign.write_bytes(b"not ours")  # a file this tool did not write: never deleted or overwritten
     assert shards.finished_keys(tmp_path) == {"vid0"}
     writer = shards.ShardWriter(tmp_path, max_bytes=1)
-    assert not (tmp_path / "shard-000001.tar").exists() and not list(tmp_path.glob(".*tmp*"))
+    assert not [path for path in tmp_path.iterdir() if is_temp_name(path.name)]  # our own residue goes
     writer.write("vid1", sample_fields(1))
     writer.close()
     assert shards.finished_keys(tmp_path) == {"vid0", "vid1"}
-    assert json.loads((tmp_path / "shard-000001.json").read_text())["keys"] == ["vid1"]
+    assert json.loads((tmp_path / "shard-000008.json").read_text())["keys"] == ["vid1"]  # after every tar
+    assert (tmp_path / "shard-000001.tar").read_bytes() == orphan and foreign.read_bytes() == b"not ours"
+    assert [p.name for p in shards.unfinished_tars(tmp_path)] == ["shard-000001.tar", "shard-000007.tar"]
 
 
 def test_error_inside_writer_leaves_no_final_tar(tmp_path: Path) -> None:

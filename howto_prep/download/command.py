@@ -18,8 +18,10 @@ from howto_prep.download.credentials import redact
 from howto_prep.download.manifest import DONE, FAILED, Manifest, manifest_summary
 from howto_prep.download.plan import DownloadPlan, plan_from_args, sources_for
 from howto_prep.download.task import MIRROR, YOUTUBE, FetchJob, FetchResult, fetch_video
-from howto_prep.errors import FailureKind, UserError
+from howto_prep.errors import FailureKind, SystemFault, UserError
+from howto_prep.output_lock import output_lock
 
+STOPPING_KINDS = frozenset({FailureKind.DISK_FULL, FailureKind.OUT_OF_MEMORY})  # system faults that stop a run
 AUTH_STOP_AFTER = 3  # mirror auth rejections, before any mirror success, that stop the run
 TASK_CPUS = 0.05  # downloads wait on the network: many may share a core
 
@@ -36,7 +38,7 @@ class RunSummary:
     seconds: float = 0.0
 
 
-class CredentialsRejected(UserError):
+class CredentialsRejected(SystemFault):
     """The mirror answered 401/403 to the first videos: the credentials, not the videos, are wrong."""
 
 
@@ -46,7 +48,8 @@ def run_download(args: argparse.Namespace) -> int:
     if args.limit:
         records = records[: args.limit]
     plan = plan_from_args(args)
-    summary = download_all(records, plan)
+    with output_lock(plan.out, "howto-prep download"):
+        summary = download_all(records, plan)
     print(f"this run: {summary.done} done, {summary.failed} failed, {summary.skipped} already recorded, "
           f"{summary.bytes / 1e6:.1f} MB in {summary.seconds:.1f} s")
     print(manifest_summary(plan.out))
@@ -115,6 +118,9 @@ class _Recorder:
         self.held: list[FetchResult] = []
 
     def record(self, job: FetchJob, result: FetchResult) -> None:
+        if not result.ok and result.failure_kind in STOPPING_KINDS:  # not the video's doing: it stays pending
+            raise SystemFault(f"{result.failure_kind.meaning} ({redact(result.error or '', self.plan.credentials)}); "
+                              f"{result.video_id} and the rest stay pending: free the resource and rerun")
         if result.ok and result.source == MIRROR:
             self.mirror_accepted = True
         if result.mirror_auth_rejected and not self.mirror_accepted:

@@ -6,14 +6,15 @@ kill at any moment loses at most the video in flight and never corrupts the stor
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from howto_prep import schema
-from howto_prep.errors import FailureKind, UserError, failure_kind
+from howto_prep.errors import FailureKind, SystemFault, UserError, failure_kind
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
 
@@ -95,17 +96,30 @@ class Manifest:
         cursor = self._db.execute(f"SELECT {','.join(COLUMNS)} FROM videos ORDER BY video_id")
         return [_row(row) for row in cursor]
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One transaction; a full or read-only disk is the system's fault: stop with one line, the
+        transaction rolled back (SQLite keeps the file whole), nothing recorded against a video."""
+        try:
+            with self._db:
+                yield
+        except sqlite3.OperationalError as err:
+            text = str(err).lower()
+            if "full" in text or "disk i/o" in text or "readonly" in text or "read-only" in text:
+                raise SystemFault(f"cannot write {self.path}: {err} (free space and rerun: nothing is lost)") from None
+            raise
+
     def add_pending(self, video_ids: Iterable[str], source: str) -> None:
         """Register videos not seen before as pending (existing rows are left alone), in one commit."""
         now = _now()
-        with self._db:
+        with self._writing():
             self._db.executemany(
                 "INSERT OR IGNORE INTO videos (video_id, status, source, attempts, updated_at) VALUES (?, ?, ?, 0, ?)",
                 [(video_id, PENDING, source, now) for video_id in video_ids],
             )
 
     def mark_done(self, video_id: str, source: str, path: str, size: int, duration: float, attempts: int) -> None:
-        with self._db:
+        with self._writing():
             self._db.execute(
                 "UPDATE videos SET status=?, source=?, path=?, bytes=?, duration=?, failure_kind=NULL, error=NULL,"
                 " attempts=attempts+?, updated_at=? WHERE video_id=?",
@@ -113,7 +127,7 @@ class Manifest:
             )
 
     def mark_failed(self, video_id: str, source: str | None, kind: FailureKind, error: str, attempts: int) -> None:
-        with self._db:
+        with self._writing():
             self._db.execute(
                 "UPDATE videos SET status=?, source=?, path=NULL, bytes=NULL, duration=NULL, failure_kind=?, error=?,"
                 " attempts=attempts+?, updated_at=? WHERE video_id=?",
@@ -122,7 +136,7 @@ class Manifest:
 
     def mark_pending(self, video_id: str) -> None:
         """A 'done' row whose file vanished goes back to pending."""
-        with self._db:
+        with self._writing():
             self._db.execute("UPDATE videos SET status=?, path=NULL, updated_at=? WHERE video_id=?",
                              (PENDING, _now(), video_id))
 
@@ -158,3 +172,18 @@ def manifest_summary(videos_dir: Path) -> str:
         raise UserError(f"{videos_dir} holds no {schema.MANIFEST_FILE}")
     with Manifest(videos_dir) as manifest:
         return format_summary(manifest.counts())
+
+
+def done_videos(videos_dir: Path) -> dict[str, Path]:
+    """id -> file of every video the manifest marks done, opened read-only (a download may be running:
+    SQLite lets readers in beside its one writer). This, not a folder walk, is what extract takes."""
+    path = Path(videos_dir) / schema.MANIFEST_FILE
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+        try:
+            rows = db.execute("SELECT video_id, path FROM videos WHERE status = ? ORDER BY video_id", (DONE,)).fetchall()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as err:
+        raise UserError(f"{path} is not a usable manifest ({err})") from None
+    return {video_id: Path(videos_dir) / relative for video_id, relative in rows if relative}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from howto_prep.download.credentials import Credentials
 from howto_prep.download.fetch_error import FetchError
-from howto_prep.errors import FailureKind
+from howto_prep.errors import FailureKind, is_disk_full
 
 DEFAULT_EXTENSIONS = ("mp4", "webm", "mkv")
 CHUNK = 256 * 1024
@@ -143,7 +143,12 @@ def _stream(response: http.client.HTTPResponse, part: Path, append: bool, url: s
                 block = response.read1(CHUNK) if hasattr(response, "read1") else response.read(CHUNK)
                 if not block:
                     break
-                sink.write(block)
+                try:
+                    sink.write(block)
+                except OSError as err:
+                    if is_disk_full(err):
+                        raise FetchError(FailureKind.DISK_FULL, f"writing {part.name}: {err}") from None
+                    raise
                 written += len(block)
         except (TimeoutError, socket.timeout):
             raise FetchError(FailureKind.NETWORK_TIMEOUT,
@@ -151,6 +156,11 @@ def _stream(response: http.client.HTTPResponse, part: Path, append: bool, url: s
         except (http.client.IncompleteRead, ConnectionError, OSError, http.client.HTTPException) as err:
             raise FetchError(FailureKind.NETWORK, f"{url}: connection broke after {written} bytes ({err!r})") from None
         finally:
-            sink.flush()
-            os.fsync(sink.fileno())
+            try:
+                sink.flush()
+                os.fsync(sink.fileno())
+            except OSError as err:
+                if is_disk_full(err):
+                    raise FetchError(FailureKind.DISK_FULL, f"writing {part.name}: {err}") from None
+                raise
     return written

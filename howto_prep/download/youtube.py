@@ -19,6 +19,7 @@ FORMAT = "best[ext=mp4][height<=360]/best[height<=360]/best"
 # (pattern, kind), first match wins; matched against yt-dlp's error text.
 ERROR_KINDS: tuple[tuple[re.Pattern[str], FailureKind], ...] = tuple(
     (re.compile(pattern, re.IGNORECASE), kind) for pattern, kind in (
+        (r"No space left on device|Disk quota exceeded|Read-only file system", FailureKind.DISK_FULL),
         (r"not a bot", FailureKind.BOT),
         (r"sign in to confirm|login required|members[- ]only|HTTP Error 40[13]", FailureKind.AUTH),
         (r"private video|video unavailable|has been removed|removed by|terminated|copyright|"

@@ -6,12 +6,18 @@ import argparse
 
 from howto_prep import schema
 from howto_prep.extract.inputs import find_videos, load_captions, load_vocabulary
-from howto_prep.extract.plan import plan_from_args
+from howto_prep.extract.plan import ExtractPlan, plan_from_args
+from howto_prep.output_lock import output_lock
 
 
 def run_extract(args: argparse.Namespace) -> int:
     """Validate the options once (the plan), load the inputs, then build the set the options ask for."""
     plan = plan_from_args(args)
+    with output_lock(plan.out, "howto-prep extract"):
+        return extract_with_lock(plan)
+
+
+def extract_with_lock(plan: ExtractPlan) -> int:
     videos = find_videos(plan.videos_dir)
     captions = load_captions(plan.captions) if plan.captions else {}
     if plan.clip_annotations is None:

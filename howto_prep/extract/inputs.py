@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from howto_prep.errors import UserError
-from howto_prep.schema import CSV_META_COLUMNS
+from howto_prep.schema import CSV_META_COLUMNS, MANIFEST_FILE
 
 if TYPE_CHECKING:
     from howto_prep.features.tokens import Word2VecVocabulary
@@ -17,17 +18,30 @@ VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".3
 
 
 def find_videos(videos_dir: Path) -> dict[str, Path]:
-    """id -> file for every video under `videos_dir` (download's videos/<2 chars>/<id>.<ext> or flat).
+    """id -> file of the videos to extract.
 
-    Hidden and temporary files (a download in progress) are ignored; when one id has several files,
-    the first in sorted order wins.
+    When `videos_dir` holds a download's manifest.sqlite, the manifest is the contract: exactly the
+    videos it marks done, at their recorded paths (a file in `.partial/` or a half-validated one is
+    never taken). Without a manifest, every video file under the folder, skipping hidden files and
+    hidden folders; when one id has several files, the first in sorted order wins.
     """
     videos_dir = Path(videos_dir)
     if not videos_dir.is_dir():
         raise UserError(f"--videos {videos_dir} is not a folder")
+    if (videos_dir / MANIFEST_FILE).exists():
+        from howto_prep.download.manifest import done_videos
+
+        recorded = done_videos(videos_dir)
+        missing = [vid for vid, path in recorded.items() if not path.is_file()]
+        if missing:
+            print(f"extract: {len(missing)} video(s) marked done in the manifest have no file (e.g. {missing[0]}); "
+                  "rerun `howto-prep download` to fetch them again", file=sys.stderr)
+        return {vid: path for vid, path in recorded.items() if path.is_file()}
     found: dict[str, Path] = {}
     for path in sorted(videos_dir.rglob("*")):
-        if path.name.startswith(".") or path.suffix.lower() not in VIDEO_EXTENSIONS or path.is_dir():
+        relative = path.relative_to(videos_dir).parts
+        if any(part.startswith(".") for part in relative) or path.suffix.lower() not in VIDEO_EXTENSIONS \
+                or path.is_dir():
             continue
         found.setdefault(path.stem, path)
     return found

@@ -85,8 +85,12 @@ def run_pipeline(videos: Iterable[tuple[str, Path]], decode: Callable[[str], Any
                     index, rows = ray.get(item)
                     load[job.pending.pop(item)] -= 1
                     job.chunks[index] = rows
-            except Exception as err:  # the video's failure, never the run's
+            except Exception as err:  # an Outcome either way: the driver decides whose fault it is
                 kind, text = task_failure(err)
+                if item is job.stream and kind == FailureKind.WORKER_DIED:
+                    kind = FailureKind.DECODER_CRASHED  # the decode process died on this file
+                elif item is not job.stream:
+                    text = f"feature model actor: {text}"
                 finished.append(_drop(job, active, load, kind, text))
                 continue
             if job.stream_done and not job.pending:

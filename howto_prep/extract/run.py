@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from howto_prep import schema
-from howto_prep.errors import FailureKind, UserError
+from howto_prep.errors import FailureKind, SystemFault, UserError, is_disk_full
+from howto_prep.extract.failure_storm import FailureStorm
 from howto_prep.extract.plan import ExtractPlan
 from howto_prep.shards import ShardWriter
 
@@ -40,23 +41,35 @@ def run_work(plan: ExtractPlan, todo: list[tuple[str, Path]], writer: ShardWrite
     timeout_s = float(os.environ.get("HOWTO_PREP_DECODE_TIMEOUT", DEFAULT_TIMEOUT_S))
     outcomes = run_pipeline(todo, decode, actors, max_videos=max_videos, max_chunks=2 * len(actors) + 1,
                             timeout_s=timeout_s)
+    storm = FailureStorm()
     with tqdm(total=len(todo), unit="video", desc="extract", file=sys.stderr) as bar, writer:
-        for outcome in outcomes:
-            bar.update(1)
-            if outcome.kind is not None:
-                shards.record_failure(plan.out, outcome.video_id, outcome.kind, outcome.error or "")
-                bar.set_postfix_str(f"last failure: {outcome.video_id} ({outcome.kind})")
-                continue
-            try:
-                sample = build_sample(outcome.video_id, outcome.path, outcome.header, outcome.chunks, names,
-                                      feature_info, captions.get(outcome.video_id), csv_rows.get(outcome.video_id),
-                                      vocab)
-            except Exception as err:  # a bad result belongs to its video, not to the run
-                shards.record_failure(plan.out, outcome.video_id, FailureKind.ERROR, " ".join(str(err).split())[:800])
-                continue
-            notes += bool(sample.notes)
-            writer.write(sample.key, sample.fields, sample.token_ids, sample.duration)
-            written, video_seconds = written + 1, video_seconds + sample.duration
+        try:
+            for outcome in outcomes:
+                bar.update(1)
+                if outcome.kind is not None:
+                    for video_id, kind, error in storm.failed(outcome.video_id, outcome.kind, outcome.error or ""):
+                        shards.record_failure(plan.out, video_id, kind, error)
+                    bar.set_postfix_str(f"last failure: {outcome.video_id} ({outcome.kind})")
+                    continue
+                try:
+                    sample = build_sample(outcome.video_id, outcome.path, outcome.header, outcome.chunks, names,
+                                          feature_info, captions.get(outcome.video_id),
+                                          csv_rows.get(outcome.video_id), vocab)
+                except Exception as err:  # our code failed on a decoded video: a bug, not the video's fault
+                    raise SystemFault(f"assembling {outcome.video_id}'s sample failed: "
+                                      f"{' '.join(str(err).split())[:300]}") from None
+                for video_id, kind, error in storm.succeeded():
+                    shards.record_failure(plan.out, video_id, kind, error)
+                notes += bool(sample.notes)
+                writer.write(sample.key, sample.fields, sample.token_ids, sample.duration)
+                written, video_seconds = written + 1, video_seconds + sample.duration
+            for video_id, kind, error in storm.succeeded():  # the run ended: what is held back was real
+                shards.record_failure(plan.out, video_id, kind, error)
+        except (SystemFault, OSError) as err:
+            writer.close_shard()  # keep every whole sample written so far; the rest is redone on rerun
+            if isinstance(err, OSError) and not is_disk_full(err):
+                raise
+            raise SystemFault(f"{err} (the finished shards are kept; rerun the same command to continue)") from None
     elapsed = time.perf_counter() - ready
     print(f"extract: {written} videos, {video_seconds:.0f} video-s in {elapsed:.1f} s "
           f"({video_seconds / max(elapsed, 1e-9):.2f} video-s/s) after {ready - started:.1f} s of start-up "

@@ -7,6 +7,7 @@ killed save leaves no file with a final name; temp names never match the checkpo
 
 from __future__ import annotations
 
+import pickle
 import random
 import re
 from pathlib import Path
@@ -66,13 +67,23 @@ def resolve_checkpoint(path: Path) -> Path:
     return path
 
 
+def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """torch.load with `weights_only=True`: tensors and plain containers only, so a checkpoint shared
+    by someone else can never run code here. Anything else is refused with one line."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = " ".join(str(err).split())[:200]
+        raise UserError(f"refusing checkpoint {path}: it holds more than tensors and plain values, and loading "
+                        f"it would run code from the file ({detail})") from None
+    except Exception as err:  # torch raises many types for a damaged or foreign file
+        raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+
+
 def load_checkpoint(path: Path) -> dict:
     """The checkpoint dict of a file or run folder (needs "model" weights and the "config" they were trained with)."""
     path = resolve_checkpoint(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a damaged or foreign file
-        raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    state = read_checkpoint_file(path)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"{path} is not an mft-train checkpoint (it lacks model weights or config)")
     state["path"] = str(path)
@@ -80,15 +91,27 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as tensors and plain values (what `weights_only=True` reads back)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python, numpy_state = state["python"], state["numpy"]
+    if isinstance(python, dict):
+        random.setstate((python["version"], tuple(int(v) for v in python["state"].tolist()), python["gauss"]))
+        np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                             numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    else:  # checkpoints written before the states were stored as tensors
+        random.setstate(python)
+        np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,227 @@
+"""Failure semantics at scale: one writer per output, the manifest as the contract, no code from data,
+shard sets verified against their JSONs. Real processes, real files, real pickles."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from howto_prep import schema, shards
+from howto_prep.errors import ExitCode, OutputLocked, UserError
+from howto_prep.extract.inputs import find_videos
+from howto_prep.output_lock import LOCK_NAME, output_lock
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, module: str = "howto_prep.cli", timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+class Payload:
+    """Unpickling this creates `marker`: proof that a load ran code from the file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+# One writer per output -------------------------------------------------------------------------
+
+def test_second_run_on_a_held_output_stops_at_once_and_names_the_holder(tmp_path: Path):
+    out = tmp_path / "shards"
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "caption.json").write_text("{}")
+    with output_lock(out, "howto-prep extract"):
+        before = sorted(p.name for p in out.iterdir())
+        result = cli("extract", "--videos", str(tmp_path / "videos"), "--captions", str(tmp_path / "caption.json"),
+                     "--out", str(out), "--features", "logmel", timeout=120)
+        assert result.returncode == ExitCode.OUTPUT_LOCKED, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"pid {os.getpid()}" in lines[0] and "howto-prep extract" in lines[0]
+        assert sorted(p.name for p in out.iterdir()) == before  # touched nothing
+    videos = tmp_path / "downloads"
+    with output_lock(videos, "howto-prep download"):
+        ids = tmp_path / "ids.txt"
+        ids.write_text("abcdefghijk\n")
+        result = cli("download", "--ids", str(ids), "--out", str(videos), "--source", "mirror",
+                     "--mirror-url", "http://127.0.0.1:9", timeout=120)
+        assert result.returncode == ExitCode.OUTPUT_LOCKED and "in use by howto-prep download" in result.stderr
+        assert not (videos / schema.MANIFEST_FILE).exists()
+
+
+def test_the_lock_dies_with_its_holder_even_on_kill_9(tmp_path: Path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from howto_prep.output_lock import output_lock\n"
+        "with output_lock(Path(sys.argv[1]), 'howto-prep extract'):\n"
+        "    print('held', flush=True); time.sleep(60)\n"), str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(OutputLocked, match=f"pid {holder.pid}"):
+        with output_lock(tmp_path, "test"):
+            pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    with output_lock(tmp_path, "test") as path:  # no stale lock to clean up by hand
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+
+
+# The manifest is the contract ------------------------------------------------------------------
+
+def make_manifest(videos: Path, rows: list[tuple[str, str, str | None]]) -> None:
+    from howto_prep.download.manifest import Manifest
+
+    with Manifest(videos):
+        pass
+    db = sqlite3.connect(videos / schema.MANIFEST_FILE)
+    for video_id, status, path in rows:
+        db.execute("INSERT INTO videos (video_id, status, path, updated_at) VALUES (?, ?, ?, 'now')",
+                   (video_id, status, path))
+    db.commit()
+    db.close()
+
+
+def test_extract_takes_exactly_the_manifests_done_videos(tmp_path: Path):
+    videos = tmp_path / "videos"
+    for relative in ("ab/abcdefghijk.mp4", "zz/zzzzzzzzzzz.mp4", ".partial/ytdlp-aaaaaaaaaaa/aaaaaaaaaaa.mp4",
+                     "bb/bbbbbbbbbbb.mp4", "cc/ccccccccccc.mp4"):
+        (videos / relative).parent.mkdir(parents=True, exist_ok=True)
+        (videos / relative).write_bytes(b"\0")
+    make_manifest(videos, [("abcdefghijk", "done", "ab/abcdefghijk.mp4"),
+                           ("aaaaaaaaaaa", "pending", None),  # its unvalidated file sits in .partial/
+                           ("bbbbbbbbbbb", "failed", None),
+                           ("ddddddddddd", "done", "dd/ddddddddddd.mp4")])  # file gone: not taken
+    assert find_videos(videos) == {"abcdefghijk": videos / "ab/abcdefghijk.mp4"}
+
+
+def test_without_a_manifest_hidden_folders_are_skipped(tmp_path: Path):
+    for relative in ("ab/abcdefghijk.mp4", ".partial/ytdlp-aaaaaaaaaaa/aaaaaaaaaaa.mp4", "x/.hidden.mp4"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"\0")
+    assert find_videos(tmp_path) == {"abcdefghijk": tmp_path / "ab/abcdefghijk.mp4"}
+
+
+# No code from data -----------------------------------------------------------------------------
+
+def test_a_checkpoint_carrying_a_pickle_payload_is_refused_and_never_runs(tmp_path: Path):
+    from mft_train.training.checkpoints import load_checkpoint
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "shared.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "config": {"model": {}}, "extra": Payload(marker)}, path)
+    with pytest.raises(UserError, match="refusing checkpoint"):
+        load_checkpoint(path)
+    result = cli("evaluate", "--checkpoint", str(path), "--shards", str(tmp_path), module="mft_train.cli")
+    assert result.returncode == 2 and "refusing checkpoint" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not marker.exists()
+
+
+def test_a_shard_member_carrying_a_pickle_payload_is_never_unpickled(tmp_path: Path):
+    marker = tmp_path / "ran"
+    with shards.ShardWriter(tmp_path / "set") as writer:
+        writer.write("vid0", {schema.META_FIELD: json.dumps({"video_id": "vid0"}).encode(),
+                              schema.RESNET152.field: shards.npy_bytes(np.ones((2, 4), np.float16)),
+                              "extra.pyd": pickle.dumps(Payload(marker)),
+                              "weights.pth": pickle.dumps(Payload(marker))})
+    samples = list(shards.iterate_samples(tmp_path / "set"))
+    assert len(samples) == 1 and isinstance(samples[0]["extra.pyd"], bytes)  # left as bytes
+    np.testing.assert_array_equal(samples[0][schema.RESNET152.field], np.ones((2, 4), np.float16))
+    result = cli("verify", str(tmp_path / "set"))
+    assert result.returncode == ExitCode.CHECK_FAILED and "extra.pyd" in result.stdout
+    assert not marker.exists()
+
+
+# howto-prep verify -----------------------------------------------------------------------------
+
+def good_set(out: Path, count: int = 3) -> None:
+    with shards.ShardWriter(out, max_bytes=1) as writer:  # one shard per video
+        for index in range(count):
+            writer.write(f"vid{index}", {schema.META_FIELD: json.dumps({"video_id": f"vid{index}"}).encode(),
+                                         schema.RESNET152.field: shards.npy_bytes(np.full((8, 2048), index, np.float16))})
+
+
+def test_verify_passes_a_whole_set_and_names_each_damaged_shard(tmp_path: Path):
+    good_set(tmp_path)
+    result = cli("verify", str(tmp_path))
+    assert result.returncode == 0 and "3 shards, 3 samples: all match" in result.stdout
+    flipped = tmp_path / "shard-000001.tar"
+    data = bytearray(flipped.read_bytes())
+    data[700] ^= 0xFF  # one bit pattern inside the first member's payload
+    flipped.write_bytes(bytes(data))
+    truncated = tmp_path / "shard-000002.tar"
+    truncated.write_bytes(truncated.read_bytes()[:900])
+    result = cli("verify", str(tmp_path))
+    assert result.returncode == ExitCode.CHECK_FAILED
+    assert "shard-000001.tar: sha256 differs" in result.stdout
+    assert "shard-000002.tar: 900 bytes" in result.stdout and "shard-000000" not in result.stdout
+    assert cli("verify", str(tmp_path / "nothing")).returncode == 2
+
+
+# A system fault is never a video's fault ---------------------------------------------------------
+
+def test_a_broken_library_stops_extract_without_blaming_any_video(tmp_path: Path, synth_corpus):
+    """decord shadowed by a package whose native library does not load (as a wheel built against
+    another FFmpeg): every video's audio decode fails, the run stops with exit 5 and one line, no
+    video is recorded as failed, and the rerun with a working library needs no --retry-failed."""
+    broken = tmp_path / "broken"
+    (broken / "decord").mkdir(parents=True)
+    (broken / "decord" / "__init__.py").write_text(
+        "raise ImportError('libdecord.so: undefined symbol: avcodec_send_packet_v2')\n")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    chosen = [p for p in sorted(synth_corpus.videos_dir.rglob("*.mp4")) if p.stem not in synth_corpus.no_audio_ids][:2]
+    for path in chosen:
+        os.link(path, videos / path.name)
+    out = tmp_path / "shards"
+    args = ["extract", "--videos", str(videos), "--captions", str(synth_corpus.captions),
+            "--out", str(out), "--features", "logmel"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(broken), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "howto_prep.cli", *args], cwd=REPO, capture_output=True,
+                            text=True, timeout=400, env=env)
+    assert result.returncode == ExitCode.SYSTEM_FAULT, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("howto-prep: system fault:") and "undefined symbol" in last
+    assert "Traceback" not in result.stderr
+    assert not shards.read_failures(out)  # no video blamed
+    rerun = cli(*args, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert shards.finished_keys(out) == {path.stem for path in chosen}
+
+
+def test_identical_failures_across_videos_are_a_storm_not_bad_videos():
+    from howto_prep.errors import FailureKind, SystemFault
+    from howto_prep.extract.failure_storm import FailureStorm
+
+    storm = FailureStorm(threshold=3)
+    text = "cannot decode {}.mp4: Invalid data found when processing input"
+    assert storm.failed("aaa", FailureKind.BAD_MEDIA, text.format("aaa")) == []  # held back
+    assert storm.failed("bbb", FailureKind.BAD_MEDIA, text.format("bbb")) == []
+    released = storm.succeeded()  # a success between: they were the videos' own faults
+    assert [video for video, _, _ in released] == ["aaa", "bbb"]
+    for video in ("ccc", "ddd"):
+        assert storm.failed(video, FailureKind.BAD_MEDIA, text.format(video)) == []
+    with pytest.raises(SystemFault, match="3 videos in a row failed with the same error"):
+        storm.failed("eee", FailureKind.BAD_MEDIA, text.format("eee"))
+    # Different texts are independent videos; plain kinds (too short) are never a storm.
+    fresh = FailureStorm(threshold=2)
+    assert fresh.failed("a1", FailureKind.TOO_SHORT, "video lasts 0.5 s") == [("a1", FailureKind.TOO_SHORT,
+                                                                              "video lasts 0.5 s")]
+    assert fresh.failed("a2", FailureKind.BAD_MEDIA, "moov atom not found") == []
+    assert [v for v, _, _ in fresh.failed("a3", FailureKind.BAD_MEDIA, "invalid NAL unit")] == ["a2"]
+    with pytest.raises(SystemFault, match="nothing was recorded against a4"):
+        fresh.failed("a4", FailureKind.WORKER_DIED, "feature model actor: ActorDiedError")
