@@ -225,3 +225,35 @@ def test_identical_failures_across_videos_are_a_storm_not_bad_videos():
     assert [v for v, _, _ in fresh.failed("a3", FailureKind.BAD_MEDIA, "invalid NAL unit")] == ["a2"]
     with pytest.raises(SystemFault, match="nothing was recorded against a4"):
         fresh.failed("a4", FailureKind.WORKER_DIED, "feature model actor: ActorDiedError")
+
+
+# Memory bounded by bytes, whatever the resolution ------------------------------------------------
+
+def test_a_1080p_video_decodes_in_chunks_of_the_documented_size(tmp_path: Path):
+    """Frames leave the decoder at the recipes' sizes, so a chunk holds at most chunk_seconds x (224 x L x 3)
+    + 24 x chunk_seconds x (112 x 112 x 3) bytes (L = 398 for 16:9) whatever the source resolution, and the
+    decoding process stays small (measured: about 100 MiB for 1080p against 63 MiB for 640x360)."""
+    import av
+
+    path = tmp_path / "v1080.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        ys, xs = np.mgrid[0:1080, 0:1920]
+        for index in range(75):
+            image = np.stack([(xs + 9 * index) % 256, (ys + 5 * index) % 256, (xs + ys) % 256], -1).astype(np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    probe = (
+        "import sys\nfrom pathlib import Path\nfrom howto_prep import decode\n"
+        "source = decode.open_video(Path(sys.argv[1]))\nbiggest = 0\n"
+        "for chunk in decode.iterate_chunks(source, decode.probe(source), chunk_seconds=2):\n"
+        "    biggest = max(biggest, sum(a.nbytes for a in (chunk.frames_1fps, chunk.frames_24fps) if a is not None))\n"
+        "peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+        "print(biggest, int(peak) // 1024)\n")
+    result = subprocess.run([sys.executable, "-c", probe, str(path)], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, check=True)
+    biggest, peak_mib = map(int, result.stdout.split())
+    assert biggest == 2 * 224 * 398 * 3 + 48 * 112 * 112 * 3  # 2.3 MB for 2 s of 1080p (6.2 MB per frame raw)
+    assert peak_mib < 400, f"decoding 1080p peaked at {peak_mib} MiB"
