@@ -257,3 +257,24 @@ def test_a_1080p_video_decodes_in_chunks_of_the_documented_size(tmp_path: Path):
     biggest, peak_mib = map(int, result.stdout.split())
     assert biggest == 2 * 224 * 398 * 3 + 48 * 112 * 112 * 3  # 2.3 MB for 2 s of 1080p (6.2 MB per frame raw)
     assert peak_mib < 400, f"decoding 1080p peaked at {peak_mib} MiB"
+
+
+# Long training runs ----------------------------------------------------------------------------
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path: Path):
+    from mft_train.training.run_folder import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "loss": 1.')  # killed mid-write
+    with pytest.warns(UserWarning, match="line 3 is torn"):
+        truncate_metrics(path, step=2)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+def test_a_failed_checkpoint_save_leaves_no_temporary_file(tmp_path: Path):
+    from mft_train.training.checkpoints import save_checkpoint
+
+    target = tmp_path / "checkpoints" / "step-000000010.pt"
+    with pytest.raises(Exception):
+        save_checkpoint({"model": {"w": torch.zeros(3)}, "unsaveable": lambda: None}, target)  # pickling fails
+    assert list(target.parent.iterdir()) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 from tqdm import tqdm
@@ -35,10 +36,23 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, is_main: boo
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics lines after `step` (left by a run that died after its last checkpoint); atomic."""
+    """Drop metrics lines after `step` (left by a run that died after its last checkpoint); atomic.
+
+    A line that does not parse (a kill in the middle of a write tears the last one) is dropped with
+    a warning instead of blocking --resume."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}: line {number} is torn (a killed write) and was dropped", stacklevel=2)
+            continue
+        if record["step"] <= step:
+            kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
