@@ -25,7 +25,7 @@ import numpy as np
 from howto_prep.cluster import init_ray
 from howto_prep.download.catalog import CatalogEntry
 from howto_prep.download.command import download_all
-from howto_prep.download.credentials import Credentials
+from howto_prep.download.credentials import CredentialSource, Credentials
 from howto_prep.download.plan import DownloadPlan
 from howto_prep.synthetic.mirror_server import LoopbackMirror
 from howto_prep.synthetic.mp4 import write_mp4
@@ -80,14 +80,18 @@ def main() -> None:
         ray_start = time.perf_counter() - started
         records = [CatalogEntry(video_id) for video_id in ids]
         rows = []
+        secret_file = work / "credentials.txt"  # workers read the credentials themselves
+        secret_file.write_text(f"{CREDENTIALS.username}:{CREDENTIALS.password}\n")
+        secret_file.chmod(0o600)
+        source = CredentialSource(str(secret_file))
         with LoopbackMirror(library, CREDENTIALS, throttle_bytes_per_s=throttle) as mirror:
             baseline = sequential_baseline(mirror.url, ids, work / "baseline")
             rows.append(("sequential urllib loop", baseline, args.videos))
             warm = max(int(n) for n in args.workers.split(","))  # start the Ray workers once, untimed
             download_all(records[:warm], DownloadPlan(work / "warmup", "mirror", mirror.url, CREDENTIALS,
-                                                      workers=warm, show_progress=False))
+                                                      source, workers=warm, show_progress=False))
             for workers in (int(n) for n in args.workers.split(",")):
-                plan = DownloadPlan(work / f"w{workers}", "mirror", mirror.url, CREDENTIALS, workers=workers,
+                plan = DownloadPlan(work / f"w{workers}", "mirror", mirror.url, CREDENTIALS, source, workers=workers,
                                     show_progress=False)
                 summary = download_all(records, plan)
                 rows.append((f"howto-prep download, {workers} workers", summary.seconds, summary.done))

@@ -18,7 +18,7 @@ from howto_prep import schema
 from howto_prep.cli import main as cli_main
 from howto_prep.download.catalog import CatalogEntry
 from howto_prep.download.command import AUTH_STOP_AFTER, download_all
-from howto_prep.download.credentials import Credentials, load_credentials, redact
+from howto_prep.download.credentials import CredentialSource, Credentials, load_credentials, redact
 from howto_prep.download.manifest import Manifest, manifest_summary
 from howto_prep.download.plan import DownloadPlan, sources_for
 from howto_prep.download.task import FetchSettings
@@ -85,8 +85,12 @@ def files_under(out: Path) -> list[Path]:
 
 
 def plan(out: Path, url: str, **changes) -> DownloadPlan:
-    values = dict(out=out, source="mirror", mirror_url=url, credentials=Credentials(USER, PASSWORD), workers=2,
-                  settings=FAST, show_progress=False)
+    secret_file = out.parent / f".{out.name}-credentials"  # workers read the credentials from a file
+    secret_file.write_text(f"{USER}:{PASSWORD}\n")
+    secret_file.chmod(0o600)
+    values = dict(out=out, source="mirror", mirror_url=url, credentials=Credentials(USER, PASSWORD),
+                  credential_source=CredentialSource(str(secret_file)), workers=2, settings=FAST,
+                  show_progress=False)
     values.update(changes)
     return DownloadPlan(**values)
 
@@ -354,3 +358,24 @@ def test_full_disk_stops_the_run_and_blames_no_video(library: Path, small_filesy
         subprocess.run(["mount", "-o", "remount,size=20m", str(small_filesystem)], check=True)
         assert cli_main(args) == 0  # the rerun continues; no --retry-failed needed
     assert {video: row.status for video, row in manifest_rows(out).items()} == {video: "done" for video in wanted}
+
+
+def test_no_task_argument_or_ray_log_carries_the_password(library: Path, tmp_path: Path) -> None:
+    """Workers read the credentials from the file themselves: the pickled task argument holds only its
+    path, and nothing Ray wrote during a real run (session logs) holds the password in any form."""
+    import pickle
+
+    import ray
+
+    from howto_prep.download.task import FetchJob
+
+    work = plan(tmp_path / "videos", "http://127.0.0.1:9")
+    job = FetchJob(CatalogEntry("good01"), str(work.out), ("mirror",), work.mirror_url, work.credential_source, None)
+    assert_no_secret([], pickle.dumps(job).decode("latin-1"))
+    with LoopbackMirror(library, (USER, PASSWORD)) as mirror:
+        summary = download_all([CatalogEntry(video_id) for video_id in IDS[:3]], plan(tmp_path / "videos", mirror.url))
+    assert summary.done >= 2  # good01, good02 (and trans1 once its transient faults are retried)
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    logs = [path for path in session.rglob("*") if path.is_file() and path.stat().st_size < 50_000_000]
+    assert logs
+    assert_no_secret(logs)

@@ -17,7 +17,7 @@ from howto_prep.download.catalog import CatalogEntry, load_records
 from howto_prep.download.credentials import redact
 from howto_prep.download.manifest import DONE, FAILED, Manifest, manifest_summary
 from howto_prep.download.plan import DownloadPlan, plan_from_args, sources_for
-from howto_prep.download.task import MIRROR, YOUTUBE, FetchJob, FetchResult, fetch_video
+from howto_prep.download.task import MIRROR, YOUTUBE, FetchJob, FetchResult, fetch_video, job_credentials
 from howto_prep.errors import FailureKind, SystemFault, UserError
 from howto_prep.output_lock import output_lock
 
@@ -87,7 +87,10 @@ def download_all(records: list[CatalogEntry], plan: DownloadPlan) -> RunSummary:
     with Manifest(plan.out) as manifest:
         todo = select_work(records, manifest, plan)
         summary = RunSummary(selected=len(todo), skipped=len(records) - len(todo))
-        jobs = [FetchJob(record, str(plan.out), sources_for(record, plan), plan.mirror_url, plan.credentials,
+        if plan.credentials is not None and plan.credential_source is None:
+            raise UserError("credentials must come from a file or HOWTO100M_USER/PASSWORD (plan.credential_source), "
+                            "so that workers read them and no task argument carries the password")
+        jobs = [FetchJob(record, str(plan.out), sources_for(record, plan), plan.mirror_url, plan.credential_source,
                          str(plan.cookies) if plan.cookies else None, plan.settings) for record in todo]
         recorder = _Recorder(manifest, plan, summary)
         if jobs and plan.workers:
@@ -187,7 +190,7 @@ def _safe_fetch(job: FetchJob) -> FetchResult:
 def _failed_task(job: FetchJob, kind: FailureKind, err: Exception) -> FetchResult:
     """The result of a fetch that raised instead of returning (the error text redacted)."""
     text = f"{err.__class__.__name__}: {err}"[:2000]
-    return FetchResult(job.record.video_id, False, None, failure_kind=kind, error=redact(text, job.credentials),
+    return FetchResult(job.record.video_id, False, None, failure_kind=kind, error=redact(text, job_credentials(job)),
                        attempts=1)
 
 

@@ -6,6 +6,8 @@ printed, logged or stored goes through `redact` first.
 
 from __future__ import annotations
 
+import functools
+
 import base64
 import os
 import stat
@@ -68,7 +70,7 @@ def warn_if_shared(path: Path) -> None:
         print(f"warning: {path} is readable by other users; run: chmod 600 {path}", file=sys.stderr)
 
 
-def load_credentials(path: Path | None, environ: dict[str, str] | None = None) -> Credentials | None:
+def load_credentials(path: Path | None, environ: dict[str, str] | None = None, warn: bool = True) -> Credentials | None:
     """Credentials from `path` (one line 'username:password'), else from HOWTO100M_USER/PASSWORD, else None."""
     env = os.environ if environ is None else environ
     if path is not None:
@@ -77,7 +79,8 @@ def load_credentials(path: Path | None, environ: dict[str, str] | None = None) -
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             raise UserError(f"cannot read the credentials file {path} ({err.__class__.__name__})") from None
-        warn_if_shared(path)
+        if warn:
+            warn_if_shared(path)
         lines = [line for line in text.splitlines() if line.strip()]
         if len(lines) != 1:
             raise UserError(f"credentials file {path} must hold exactly one line 'username:password'")
@@ -88,3 +91,30 @@ def load_credentials(path: Path | None, environ: dict[str, str] | None = None) -
     if user or password:
         raise UserError(f"set both {USER_VARIABLE} and {PASSWORD_VARIABLE}, or pass --credentials FILE")
     return None
+
+
+@dataclass(frozen=True)
+class CredentialSource:
+    """Where a worker reads the credentials itself: a file path, or (path None) HOWTO100M_USER and
+    HOWTO100M_PASSWORD in its own environment. It holds no secret, so it may travel as a Ray task
+    argument (task arguments are pickled into the object store and, on a cluster without TLS, sent
+    between nodes in clear); on a cluster the file (or the variables) must exist on every node."""
+
+    path: str | None = None
+
+    def load(self) -> Credentials | None:
+        return _load_cached(self.path)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str | None) -> Credentials | None:
+    """One read per worker process, not one per video."""
+    return load_credentials(Path(path) if path else None, warn=False)
+
+
+def credential_source(path: Path | None, environ: dict[str, str] | None = None) -> CredentialSource | None:
+    """The source matching `load_credentials(path)`: the file, else the environment, else None."""
+    env = os.environ if environ is None else environ
+    if path is not None:
+        return CredentialSource(str(Path(path).resolve()))
+    return CredentialSource() if env.get(USER_VARIABLE) and env.get(PASSWORD_VARIABLE) else None

@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from howto_prep.download.catalog import CatalogEntry
-from howto_prep.download.credentials import Credentials, load_credentials
+from howto_prep.download.credentials import CredentialSource, Credentials, credential_source, load_credentials
 from howto_prep.download.task import MIRROR, URL, YOUTUBE, FetchSettings
 from howto_prep.errors import UserError
 
@@ -20,7 +20,8 @@ class DownloadPlan:
     out: Path
     source: str = "auto"  # mirror | youtube | auto
     mirror_url: str | None = None
-    credentials: Credentials | None = None
+    credentials: Credentials | None = None  # the driver's copy: validation and redaction only
+    credential_source: CredentialSource | None = None  # what workers get: where to read them
     cookies: Path | None = None
     workers: int = 4  # tasks in flight; 0 runs in this process without Ray
     address: str | None = None
@@ -43,11 +44,12 @@ def plan_from_args(args: argparse.Namespace) -> DownloadPlan:
     if args.source == "mirror" and not mirror_url:
         raise UserError("--source mirror needs --mirror-url URL")
     credentials = load_credentials(args.credentials) if args.source != "youtube" else None
+    source = credential_source(args.credentials) if credentials is not None else None
     cookies = args.cookies
     if cookies is not None and not cookies.is_file():
         raise UserError(f"cookies file {cookies} does not exist")
     return DownloadPlan(out=args.out.resolve(), source=args.source, mirror_url=mirror_url,
-                        credentials=credentials, cookies=cookies.resolve() if cookies else None,
+                        credentials=credentials, credential_source=source, cookies=cookies.resolve() if cookies else None,
                         workers=args.workers, address=args.address, retry_failed=args.retry_failed)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from howto_prep.download.catalog import CatalogEntry
-from howto_prep.download.credentials import Credentials, redact
+from howto_prep.download.credentials import CredentialSource, Credentials, redact
 from howto_prep.download.fetch_error import FetchError
 from howto_prep.download.mirror_client import DEFAULT_EXTENSIONS, fetch_from_mirror, partial_path
 from howto_prep.download.youtube import fetch_with_ytdlp, work_dir
@@ -42,13 +42,13 @@ class FetchSettings:
 
 @dataclass(frozen=True)
 class FetchJob:
-    """Everything a worker needs for one video (the credentials' repr hides the password)."""
+    """Everything a worker needs for one video; it carries no secret (only where to read credentials)."""
 
     record: CatalogEntry
     out: str
     sources: tuple[str, ...]
     mirror_url: str | None
-    credentials: Credentials | None
+    credential_source: CredentialSource | None
     cookies: str | None
     settings: FetchSettings = field(default_factory=FetchSettings)
 
@@ -123,6 +123,11 @@ def video_lock(out: Path, video_id: str, wait_s: float) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def job_credentials(job: FetchJob) -> Credentials | None:
+    """The credentials, read by this worker from the job's source (cached per process)."""
+    return job.credential_source.load() if job.credential_source is not None else None
+
+
 def fetch_video(job: FetchJob) -> FetchResult:
     """Fetch, validate and place one video; never raises for a video-level problem."""
     try:
@@ -158,7 +163,7 @@ def _fetch_video_locked(job: FetchJob) -> FetchResult:
             errors.append(f"{source}: {err}")
     assert last is not None
     return FetchResult(video_id, False, source, failure_kind=last.kind,
-                       error=redact("; ".join(errors), job.credentials), attempts=attempts,
+                       error=redact("; ".join(errors), job_credentials(job)), attempts=attempts,
                        mirror_auth_rejected=auth_rejected)
 
 
@@ -188,7 +193,7 @@ def _fetch_once(job: FetchJob, source: str) -> Path:
     if source == MIRROR:
         if not job.mirror_url:
             raise FetchError(FailureKind.NOT_FOUND, "no --mirror-url given", transient=False)
-        return fetch_from_mirror(record.video_id, job.mirror_url, job.credentials, partial_dir,
+        return fetch_from_mirror(record.video_id, job.mirror_url, job_credentials(job), partial_dir,
                                  job.settings.timeout_s, job.settings.extensions)
     url = record.url if source == URL else record.youtube_url
     cookies = Path(job.cookies) if job.cookies else None
