@@ -278,3 +278,59 @@ def test_a_failed_checkpoint_save_leaves_no_temporary_file(tmp_path: Path):
     with pytest.raises(Exception):
         save_checkpoint({"model": {"w": torch.zeros(3)}, "unsaveable": lambda: None}, target)  # pickling fails
     assert list(target.parent.iterdir()) == []
+
+
+# Model actors: a crash or a hang is restarted, never a video's failure ---------------------------
+
+def actor_run(tmp_path: Path, synth_corpus, env: dict) -> tuple[subprocess.Popen, Path, list[str]]:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    chosen = sorted(synth_corpus.videos_dir.rglob("*.mp4"))[:3]
+    for path in chosen:
+        os.link(path, videos / path.name)
+    out = tmp_path / "shards"
+    command = [sys.executable, "-m", "howto_prep.cli", "extract", "--videos", str(videos), "--captions",
+               str(synth_corpus.captions), "--out", str(out), "--features", "resnet152", "--weights-2d", "random"]
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return process, out, [path.stem for path in chosen]
+
+
+def actor_pids() -> list[int]:
+    found = subprocess.run(["pgrep", "-f", "ray::FeatureModels"], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found]
+
+
+def test_a_killed_model_actor_is_restarted_and_no_video_is_blamed(tmp_path: Path, synth_corpus):
+    process, out, ids = actor_run(tmp_path, synth_corpus, {})
+    try:
+        deadline = time.monotonic() + 240
+        while not actor_pids() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(4)  # let it take chunks
+        victims = actor_pids()
+        assert victims and process.poll() is None, "the actor never started"
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, stderr[-2000:]
+    assert shards.finished_keys(out) == set(ids) and not shards.read_failures(out)
+
+
+def test_a_hung_model_actor_is_killed_restarted_and_its_process_is_gone(tmp_path: Path, synth_corpus):
+    marker = tmp_path / "hung-actor-pid"
+    process, out, ids = actor_run(tmp_path, synth_corpus, {"HOWTO_PREP_FAULT_ACTOR_HANG": str(marker),
+                                                           "HOWTO_PREP_ACTOR_TIMEOUT": "8"})
+    try:
+        _, stderr = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, stderr[-2000:]
+    assert marker.exists(), "the injected hang never happened"
+    assert shards.finished_keys(out) == set(ids) and not shards.read_failures(out)
+    hung = int(marker.read_text())
+    assert not Path(f"/proc/{hung}").exists() or "zombie" in Path(f"/proc/{hung}/status").read_text().lower()

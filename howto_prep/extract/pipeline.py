@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from howto_prep.cluster import task_failure
-from howto_prep.errors import FailureKind
+from howto_prep.errors import FailureKind, SystemFault
 
 
 @dataclass
@@ -40,15 +40,23 @@ class _Job:
     started: bool = False
     header: dict | None = None
     pending: dict = field(default_factory=dict)  # embed ObjectRef -> actor index
+    sent: dict = field(default_factory=dict)  # embed ObjectRef -> when it was sent (or its actor restarted)
     chunks: dict = field(default_factory=dict)
     stream_done: bool = False
 
 
 def run_pipeline(videos: Iterable[tuple[str, Path]], decode: Callable[[str], Any], actors: list,
-                 max_videos: int, max_chunks: int, timeout_s: float) -> Iterator[Outcome]:
-    """Yield one Outcome per video, in completion order; no video's failure stops the others."""
+                 max_videos: int, max_chunks: int, timeout_s: float,
+                 actor_timeout_s: float | None = None, actor_restarts: int = 3) -> Iterator[Outcome]:
+    """Yield one Outcome per video, in completion order; no video's failure stops the others.
+
+    A model actor that returns nothing for `actor_timeout_s` while it has work is killed; Ray restarts
+    it and sends its pending chunks again. After `actor_restarts` such kills the run stops
+    (SystemFault): the actor, not the videos, is at fault."""
     import ray
 
+    actor_timeout_s = timeout_s if actor_timeout_s is None else actor_timeout_s
+    kills = [0] * len(actors)
     todo = iter(videos)
     active: dict[str, _Job] = {}
     load = [0] * len(actors)
@@ -84,6 +92,7 @@ def run_pipeline(videos: Iterable[tuple[str, Path]], decode: Callable[[str], Any
                 else:
                     index, rows = ray.get(item)
                     load[job.pending.pop(item)] -= 1
+                    job.sent.pop(item, None)
                     job.chunks[index] = rows
             except Exception as err:  # an Outcome either way: the driver decides whose fault it is
                 kind, text = task_failure(err)
@@ -97,6 +106,7 @@ def run_pipeline(videos: Iterable[tuple[str, Path]], decode: Callable[[str], Any
                 del active[job.video_id]
                 finished.append(Outcome(job.video_id, job.path, header=job.header, chunks=job.chunks))
         now = time.monotonic()
+        restart_hung_actors(active, actors, kills, actor_timeout_s, actor_restarts, now)
         for job in list(active.values()):
             if not job.stream_done and job.waiting_since is not None and now - job.waiting_since > timeout_s:
                 ray.cancel(job.stream, force=True)
@@ -123,7 +133,28 @@ def _advance_stream(job: _Job, actors: list, load: list[int]) -> None:
         return
     chosen = min(range(len(actors)), key=lambda i: load[i])
     load[chosen] += 1
-    job.pending[actors[chosen].embed.remote(ref)] = chosen
+    embed = actors[chosen].embed.remote(ref)
+    job.pending[embed] = chosen
+    job.sent[embed] = time.monotonic()
+
+
+def restart_hung_actors(active: dict[str, _Job], actors: list, kills: list[int], timeout_s: float,
+                        restarts: int, now: float) -> None:
+    """Kill an actor whose oldest pending chunk waited `timeout_s` (Ray restarts it and resends its
+    chunks); SystemFault once an actor needed more than `restarts` kills."""
+    import ray
+
+    for index, actor in enumerate(actors):
+        waiting = [(job, ref) for job in active.values() for ref, owner in job.pending.items() if owner == index]
+        if not waiting or now - min(job.sent[ref] for job, ref in waiting) <= timeout_s:
+            continue
+        if kills[index] >= restarts:
+            raise SystemFault(f"feature model actor {index} answered nothing for {timeout_s:g} s after "
+                              f"{kills[index]} restarts; the finished shards are kept, rerun to continue")
+        kills[index] += 1
+        ray.kill(actor, no_restart=False)
+        for job, ref in waiting:
+            job.sent[ref] = now  # the restarted actor gets the full time again
 
 
 def _drop(job: _Job, active: dict, load: list[int], kind: FailureKind, text: str) -> Outcome:
@@ -133,5 +164,6 @@ def _drop(job: _Job, active: dict, load: list[int], kind: FailureKind, text: str
         load[actor_index] -= 1
         ray.cancel(ref)
     job.pending.clear()
+    job.sent.clear()
     active.pop(job.video_id, None)
     return Outcome(job.video_id, job.path, kind=kind, error=text)

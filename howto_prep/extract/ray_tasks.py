@@ -9,6 +9,7 @@ one video are alive at a time.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,6 +20,7 @@ from howto_prep.decode import (DEFAULT_CHUNK_SECONDS, FrameChunk, MediaError, it
                                probe, read_audio)
 
 STARTED = "started"
+ACTOR_RESTARTS = 3  # restarts of one model actor (crashed or hung) before the run stops as a system fault
 LOGMEL_INFO = {"model": "AVLnet log-mel (40 mel, 25 ms Hamming, 10 ms hop, power_to_db ref=max, top_db 80)",
                "weights": None, "weights_sha256": None, "rate": schema.LOGMEL.rate, "dim": schema.LOGMEL.dim}
 
@@ -79,12 +81,24 @@ class FeatureModels:
         return {name: dict(model.info) for name, model in self.models.items()}
 
     def embed(self, chunk: FrameChunk) -> tuple[int, dict[str, np.ndarray]]:
+        hang_once_for_tests()
         out: dict[str, np.ndarray] = {}
         if schema.RESNET152.name in self.models and chunk.frames_1fps is not None:
             out[schema.RESNET152.name] = self.models[schema.RESNET152.name](chunk.frames_1fps)
         if schema.RESNEXT101.name in self.models and chunk.frames_24fps is not None:
             out[schema.RESNEXT101.name] = self.models[schema.RESNEXT101.name](chunk.frames_24fps)
         return chunk.index, out
+
+
+def hang_once_for_tests() -> None:
+    """Fault injection (tests, chaos runs): with HOWTO_PREP_FAULT_ACTOR_HANG=FILE, the first embed call of
+    the run writes this process's pid to FILE and never returns, as a wedged GPU driver would."""
+    marker = os.environ.get("HOWTO_PREP_FAULT_ACTOR_HANG")
+    if marker and not os.path.exists(marker):
+        with open(marker, "w") as handle:
+            handle.write(str(os.getpid()))
+        while True:
+            time.sleep(3600)
 
 
 def remote_decode(max_calls: int, backpressure: int):
@@ -99,13 +113,14 @@ def start_actors(names: list[str], weights_2d: str, weights_3d: str, gpus: int, 
     """`gpus` GPU actors (one GPU each), or one CPU actor using `cpu_threads` torch threads."""
     import ray
 
+    # A crashed (or killed, because hung) actor is restarted and its pending chunks are sent again.
     actor_class = ray.remote(FeatureModels)
+    recover = {"max_restarts": ACTOR_RESTARTS, "max_task_retries": ACTOR_RESTARTS}
     if gpus > 0:
-        return [actor_class.options(num_cpus=1, num_gpus=1, max_restarts=0)
-                .remote(names, weights_2d, weights_3d, "cuda") for _ in range(gpus)]
+        return [actor_class.options(num_cpus=1, num_gpus=1, **recover).remote(names, weights_2d, weights_3d, "cuda")
+                for _ in range(gpus)]
     # num_cpus=0: torch's own threads use the cores; Ray's CPU slots are left to the decode tasks.
-    return [actor_class.options(num_cpus=0, max_restarts=0)
-            .remote(names, weights_2d, weights_3d, "cpu", cpu_threads)]
+    return [actor_class.options(num_cpus=0, **recover).remote(names, weights_2d, weights_3d, "cpu", cpu_threads)]
 
 
 def default_cpu_threads() -> int:

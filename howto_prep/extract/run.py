@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from howto_prep import schema
 from howto_prep.errors import FailureKind, SystemFault, UserError, is_disk_full
 from howto_prep.extract.failure_storm import FailureStorm
+from howto_prep.extract.ray_tasks import ACTOR_RESTARTS
 from howto_prep.extract.plan import ExtractPlan
 from howto_prep.shards import ShardWriter
 
@@ -39,8 +40,9 @@ def run_work(plan: ExtractPlan, todo: list[tuple[str, Path]], writer: ShardWrite
     written, video_seconds, notes = 0, 0.0, 0
     max_videos = plan.workers or max(1, int(_ray_cpus()) - plan.gpus)
     timeout_s = float(os.environ.get("HOWTO_PREP_DECODE_TIMEOUT", DEFAULT_TIMEOUT_S))
+    actor_timeout_s = float(os.environ.get("HOWTO_PREP_ACTOR_TIMEOUT", DEFAULT_TIMEOUT_S))
     outcomes = run_pipeline(todo, decode, actors, max_videos=max_videos, max_chunks=2 * len(actors) + 1,
-                            timeout_s=timeout_s)
+                            timeout_s=timeout_s, actor_timeout_s=actor_timeout_s, actor_restarts=ACTOR_RESTARTS)
     storm = FailureStorm()
     with tqdm(total=len(todo), unit="video", desc="extract", file=sys.stderr) as bar, writer:
         try:
