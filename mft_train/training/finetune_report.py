@@ -14,6 +14,8 @@ from mft_train.evaluation.report import format_table, save_report, write_json
 from mft_train.training.checkpoints import BEST_FILE
 
 RESULTS_FILE = "results.json"
+SELECTION_NOTE = ("note: the best epoch is chosen on these same evaluation clips, so its row is optimistic; "
+                  "the last epoch's row is unselected (evaluate best.pt on another split for a clean number)")
 HEADLINE = ("t->va", "t->v")
 
 
@@ -29,6 +31,7 @@ def format_results(history: list[dict], best_epoch: int, chance: float) -> str:
         star = " *" if row["epoch"] == best_epoch else ""
         lines.append(f"{row['epoch']:>5} {loss:>8} {cells} {metrics['t->va']['MedR']:11.1f}{star}")
     lines.append(f"* best epoch {best_epoch} (by t->va R@1), saved as {BEST_FILE}")
+    lines.append(SELECTION_NOTE)
     return "\n".join(lines)
 
 
@@ -40,7 +43,8 @@ def print_and_save_results(run_dir: Path, history: list[dict], best: dict, init_
     best_epoch = best["row"]["epoch"]
     write_json(run_dir / RESULTS_FILE, {"init": init_path, "train_shards": str(train_set.root),
                                         "eval_shards": str(eval_set.root), "num_expected": report["num_expected"],
-                                        "chance_R1": chance, "best_epoch": best_epoch, "epochs": history})
+                                        "chance_R1": chance, "best_epoch": best_epoch, "selection": SELECTION_NOTE,
+                                        "epochs": history})
     json_path, png = save_report(report, run_dir / "best-eval.json")
     print(format_table(report["results"][report["headline"]], report["num_expected"],
                        f"best epoch {best_epoch} on {report['benchmark']} ({report['num_clips']} clips)"))
