@@ -23,9 +23,14 @@ SETTINGS = [
     "model.davenet_widths=[8, 8, 8, 8, 8, 8]", "model.davenet_depths=[1, 1, 1, 1, 1, 1]",
     "data.clips_per_video=2", "data.workers=0", "data.order=fixed",  # same global batches at any world size
     "train.batch=4", "train.device=cpu", "train.cpu_threads=1", "train.lr=1e-3",
-    "train.epochs=1", "train.steps_per_epoch=2", "train.checkpoint_every=100",
+    "train.epochs=1", "train.steps_per_epoch=2", "train.checkpoint_every=1",
     "train.sync_batchnorm=true",  # DAVEnet's BatchNorm over the global batch (tests/global_batchnorm.py on CPU)
 ]
+
+
+def first_moments(run_dir: Path) -> dict[int, torch.Tensor]:
+    state = torch.load(run_dir / "checkpoints" / "step-000000001.pt", map_location="cpu", weights_only=True)
+    return {index: entry["exp_avg"] for index, entry in state["optimizer"]["state"].items()}
 
 
 def losses(run_dir) -> list[float]:
@@ -56,5 +61,14 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
     # gradient, and Adam turns its rounding noise into +-lr steps that change no output.)
     assert ddp == pytest.approx(single.losses, abs=1e-5)
     assert (tmp_path / "ddp" / "checkpoints" / "step-000000002.pt").is_file()
+    # Per parameter, the gradient of step 1: Adam's first moment after one step is exactly
+    # (1 - beta1) * grad, so comparing it compares every gradient, scale included (halving each
+    # gradient would give identical losses but half these values).
+    one = first_moments(tmp_path / "single")
+    two = first_moments(tmp_path / "ddp")
+    assert one.keys() == two.keys() and len(one) > 20
+    scale = max(float(m.abs().max()) for m in one.values())
+    for index, moment in one.items():
+        torch.testing.assert_close(two[index], moment, rtol=1e-4, atol=1e-6 * scale, msg=f"parameter {index}")
     assert "pretrain: steps 0->2" in proc.stderr  # rank 0 reports once
     assert proc.stderr.count("pretrain: steps") == 1
