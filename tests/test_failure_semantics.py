@@ -334,3 +334,47 @@ def test_a_hung_model_actor_is_killed_restarted_and_its_process_is_gone(tmp_path
     assert shards.finished_keys(out) == set(ids) and not shards.read_failures(out)
     hung = int(marker.read_text())
     assert not Path(f"/proc/{hung}").exists() or "zombie" in Path(f"/proc/{hung}/status").read_text().lower()
+
+
+RUNNER = """
+import json, sys, torch
+from mft_train.presets import load_config
+from mft_train.training.distributed import DistInfo
+from mft_train.training.pretrain import train
+preset, shards, out, resume, max_steps, *overrides = sys.argv[1:]
+result = train(load_config(preset, overrides), shards, out, DistInfo(0, 1, 0, torch.device("cpu")),
+               resume=resume == "1", max_steps=int(max_steps) or None)
+print(json.dumps(result.losses))
+"""
+
+TINY_EAO = ["model.width=32", "model.heads=2", "model.embed_dim=32", "model.davenet_widths=[8, 8, 8, 8, 8, 8]",
+            "model.davenet_depths=[1, 1, 1, 1, 1, 1]"]
+TINY_MCN = ["model.embed_dim=32", "model.audio_hidden=16", "model.recon_hidden=16", "model.davenet_widths=[8, 8, 8, 16]",
+            "loss.clusters=4", "loss.queue_size=16", "loss.refit_every=2", "loss.kmeans_iters=5",
+            "train.warmup_steps=2"]
+COMMON = ["data.clips_per_video=2", "data.workers=1", "data.shuffle_buffer=8", "train.batch=4", "train.device=cpu",
+          "train.cpu_threads=1", "train.epochs=3", "train.steps_per_epoch=2", "train.checkpoint_every=3",
+          "train.lr=1e-3"]
+
+
+def run_training(preset: str, shards: Path, out: Path, overrides: list[str], resume: bool = False,
+                 max_steps: int = 0) -> list[float]:
+    result = subprocess.run([sys.executable, "-c", RUNNER, preset, str(shards), str(out), "1" if resume else "0",
+                             str(max_steps), *overrides], cwd=REPO / "tests", capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("preset, model", [("eao_small", TINY_EAO), ("mcn_small", TINY_MCN)], ids=["eao", "mcn"])
+def test_resume_in_a_fresh_process_with_a_loader_worker_matches_the_uninterrupted_run(tmp_path: Path, preset, model):
+    from shard_fixtures import write_shard_set
+
+    shards = tmp_path / "shards"
+    write_shard_set(shards, videos=8, shards=2, topics=2)
+    overrides = model + COMMON
+    whole = run_training(preset, shards, tmp_path / "whole", overrides)
+    assert len(whole) == 6
+    first = run_training(preset, shards, tmp_path / "split", overrides, max_steps=3)
+    second = run_training(preset, shards, tmp_path / "split", overrides, resume=True)
+    assert first + second == whole  # exactly: same batches, same RNG, same optimizer (and MCN queue) state
