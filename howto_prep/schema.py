@@ -54,6 +54,7 @@ VOCAB_DIR = "vocab"
 VOCAB_WORDS = "words.txt"
 VOCAB_VECTORS = "vectors.npy"
 VOCAB_W2V_IDS = "w2v_ids.npy"
+VOCAB_PARTS_DIR = "parts"  # vocab/parts/<shard>.w2v_ids.npy + .vectors.npy: words first used by that shard
 FAILURES_FILE = "failures.jsonl"
 CLIPS_FILE = "clips.json"  # a clip-level set's list of clips (benchmark, clip ids, num_expected)
 DEFAULT_SHARD_BYTES = 1_000_000_000

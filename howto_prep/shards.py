@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -121,11 +121,15 @@ class ShardWriter:
     """The only writer of a shard set: one sample per video, rolls over after `max_bytes`."""
 
     def __init__(self, out_dir: Path, max_bytes: int = schema.DEFAULT_SHARD_BYTES,
-                 prefix: str = schema.DEFAULT_PREFIX) -> None:
+                 prefix: str = schema.DEFAULT_PREFIX,
+                 before_json: Callable[[str, set[int]], None] | None = None) -> None:
+        """`before_json(shard_name, token_ids)` runs after a shard's tar is in place and before its
+        JSON makes it part of the set (extract writes the shard's vocabulary part there)."""
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.prefix = prefix
+        self.before_json = before_json
         clean_unfinished(self.out_dir)
         name = re.compile(rf"^{re.escape(prefix)}-(?P<index>\d{{6}})\.(json|tar)$")
         taken = [int(match["index"]) for match in map(name.match, os.listdir(self.out_dir)) if match]
@@ -170,6 +174,8 @@ class ShardWriter:
         self._tar.close()
         self._shard.close()  # closes the file, then syncs and renames it to its final name
         final = self._final_path(schema.SHARD_NAME)
+        if self.before_json is not None:
+            self.before_json(final.stem, self._token_ids)
         record = {"url": final.name, "keys": self._keys, "count": len(self._keys),
                   "bytes": final.stat().st_size, "sha256": file_sha256(final),
                   "video_seconds": round(self._seconds, 3), "token_ids": sorted(self._token_ids),

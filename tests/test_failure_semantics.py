@@ -323,7 +323,7 @@ def test_a_killed_model_actor_is_restarted_and_no_video_is_blamed(tmp_path: Path
 def test_a_hung_model_actor_is_killed_restarted_and_its_process_is_gone(tmp_path: Path, synth_corpus):
     marker = tmp_path / "hung-actor-pid"
     process, out, ids = actor_run(tmp_path, synth_corpus, {"HOWTO_PREP_FAULT_ACTOR_HANG": str(marker),
-                                                           "HOWTO_PREP_ACTOR_TIMEOUT": "8"})
+                                                           "HOWTO_PREP_ACTOR_TIMEOUT": "30"})
     try:
         _, stderr = process.communicate(timeout=600)
     finally:
@@ -378,3 +378,36 @@ def test_resume_in_a_fresh_process_with_a_loader_worker_matches_the_uninterrupte
     first = run_training(preset, shards, tmp_path / "split", overrides, max_steps=3)
     second = run_training(preset, shards, tmp_path / "split", overrides, resume=True)
     assert first + second == whole  # exactly: same batches, same RNG, same optimizer (and MCN queue) state
+
+
+# A consistent shard set at every moment -----------------------------------------------------------
+
+def test_every_finished_shards_tokens_can_be_looked_up_before_the_extraction_ends(tmp_path: Path, synth_corpus):
+    """Training may start on a growing (or killed) extraction: each shard's new words are written to
+    vocab/parts/ before its JSON, so the table covers every finished shard; the merged vocab written at
+    the end replaces the parts for readers."""
+    from howto_prep.extract.video_set import finish_set
+    from howto_prep.features.tokens import VocabularyParts, Word2VecVocabulary
+    from mft_train.data.shards import WordTable
+
+    vocab = Word2VecVocabulary(synth_corpus.word2vec)
+    captions = json.loads(synth_corpus.captions.read_text())
+    texts = [" ".join(entry["text"]) for entry in list(captions.values())[:4]]
+    writer = shards.ShardWriter(tmp_path, max_bytes=1, before_json=VocabularyParts(vocab, tmp_path).add)
+    used = []
+    for index, text in enumerate(texts):
+        tokens, _ = vocab.encode([text])
+        used.append(tokens)
+        writer.write(f"vid{index}", {schema.META_FIELD: json.dumps({"video_id": f"vid{index}"}).encode(),
+                                     schema.RESNET152.field: shards.npy_bytes(np.zeros((8, 2048), np.float16))},
+                     token_ids=tokens)  # 32 KB: past the tar's buffer, so each video closes its shard
+        if index == 1:  # a trainer starting now sees two finished shards and no merged vocab/
+            table = WordTable(tmp_path)
+            for tokens_so_far in used:
+                np.testing.assert_array_equal(table.lookup(tokens_so_far.astype(np.int64)), vocab.vectors_for(tokens_so_far))
+    writer.close()
+    finish_set(tmp_path, vocab)
+    table = WordTable(tmp_path)
+    assert isinstance(table.vectors, np.memmap)  # the merged table, shared by the loader workers
+    for tokens in used:
+        np.testing.assert_array_equal(table.lookup(tokens.astype(np.int64)), vocab.vectors_for(tokens))

@@ -69,7 +69,7 @@ def run_work(plan: ExtractPlan, todo: list[tuple[str, Path]], writer: ShardWrite
                 shards.record_failure(plan.out, video_id, kind, error)
         except (SystemFault, OSError) as err:
             writer.close_shard()  # keep every whole sample written so far; the rest is redone on rerun
-            if isinstance(err, OSError) and not is_disk_full(err):
+            if isinstance(err, SystemFault) or not is_disk_full(err):
                 raise
             raise SystemFault(f"{err} (the finished shards are kept; rerun the same command to continue)") from None
     elapsed = time.perf_counter() - ready

@@ -23,7 +23,13 @@ def extract_video_set(plan: ExtractPlan, videos: dict[str, Path], captions: dict
                       vocab: Word2VecVocabulary | None) -> None:
     """Decode and embed `videos` into the video-level shard set `plan.out`."""
     csv_rows = load_csv_columns(plan.csv)
-    writer = shards.ShardWriter(plan.out, plan.shard_size, plan.prefix)  # also clears a killed run's residue
+    parts = None
+    if vocab is not None:
+        from howto_prep.features.tokens import VocabularyParts
+
+        parts = VocabularyParts(vocab, plan.out)
+    writer = shards.ShardWriter(plan.out, plan.shard_size, plan.prefix,  # also clears a killed run's residue
+                                before_json=parts.add if parts else None)
     todo = choose_work(plan, videos)
     warn_random_weights(plan)
     notes = 0

@@ -88,3 +88,31 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
     """np.save through a temporary file (given a handle: np.save would add .npy to a temporary name)."""
     with atomic_path(path) as temp, open(temp, "wb") as handle:
         np.save(handle, array)
+
+
+class VocabularyParts:
+    """vocab/parts/: for each shard, the word vectors of the ids it is the first to use, written
+    before that shard's JSON. So every finished shard's tokens can be looked up at any moment,
+    even while extraction is still running or after it was killed; the merged vocab/ written at
+    the end holds the same rows in one table. Each part costs ~1.2 KB per new word."""
+
+    def __init__(self, vocab: Word2VecVocabulary, out_dir: Path) -> None:
+        self.vocab = vocab
+        self.folder = Path(out_dir) / schema.VOCAB_DIR / schema.VOCAB_PARTS_DIR
+        self.known: set[int] = set()
+        if self.folder.is_dir():
+            for ids_file in self.folder.glob(f"*.{schema.VOCAB_W2V_IDS}"):
+                self.known.update(int(i) for i in np.load(ids_file))
+
+    def add(self, shard_name: str, ids: Iterable[int]) -> None:
+        """Write the part of `shard_name` (vectors first, ids last: a reader that sees the ids file
+        finds its vectors) with the ids not in an earlier part."""
+        new = np.array(sorted(set(int(i) for i in ids) - self.known), dtype=np.int64)
+        if new.size == 0:
+            return
+        if new[0] < 0 or new[-1] >= len(self.vocab):
+            raise UserError(f"token ids out of range for {self.vocab.path} ({len(self.vocab)} words)")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _atomic_save(self.folder / f"{shard_name}.{schema.VOCAB_VECTORS}", self.vocab.vectors_for(new))
+        _atomic_save(self.folder / f"{shard_name}.{schema.VOCAB_W2V_IDS}", new)
+        self.known.update(int(i) for i in new)

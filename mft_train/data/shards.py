@@ -24,6 +24,7 @@ from howto_prep.schema import (
     TOKEN_OFFSETS_FIELD,
     TOKENS_FIELD,
     VOCAB_DIR,
+    VOCAB_PARTS_DIR,
     VOCAB_VECTORS,
     VOCAB_W2V_IDS,
     WORD_DIM,
@@ -75,16 +76,26 @@ def discover_shards(root: Path) -> ShardSet:
 class WordTable:
     """Frozen word2vec lookup: token ids (word2vec row ids) -> vocab rows -> 300-d vectors.
 
-    The table is memory-mapped, so every loader worker shares one copy through the page cache.
+    A finished extraction has the merged table vocab/{w2v_ids,vectors}.npy, memory-mapped so every
+    loader worker shares one copy through the page cache. A growing (or killed) extraction has, for
+    each finished shard, vocab/parts/ with the words it first used (written before its JSON); when
+    parts are newer than the merged table (or it is missing), the table is assembled from them.
     """
 
     def __init__(self, root: Path) -> None:
         vocab = Path(root) / VOCAB_DIR
         ids_path, vectors_path = vocab / VOCAB_W2V_IDS, vocab / VOCAB_VECTORS
-        if not ids_path.is_file() or not vectors_path.is_file():
-            raise UserError(f"the shard set has no vocabulary: {ids_path} and {vectors_path} are needed")
-        self.w2v_ids = np.load(ids_path)
-        self.vectors = np.load(vectors_path, mmap_mode="r")
+        parts = sorted((vocab / VOCAB_PARTS_DIR).glob(f"*.{VOCAB_W2V_IDS}"))
+        merged = ids_path.is_file() and vectors_path.is_file()
+        if merged and (not parts or ids_path.stat().st_mtime_ns >= max(p.stat().st_mtime_ns for p in parts)):
+            self.w2v_ids = np.load(ids_path)
+            self.vectors = np.load(vectors_path, mmap_mode="r")
+        elif parts:  # a growing set: the parts, plus an older merged table (sets extended by a rerun)
+            self.w2v_ids, self.vectors = _assemble_parts(parts, (ids_path, vectors_path) if merged else None)
+            vectors_path = parts[0].parent
+        else:
+            raise UserError(f"the shard set has no vocabulary: {ids_path} and {vectors_path} (or {VOCAB_DIR}/"
+                            f"{VOCAB_PARTS_DIR}/) are needed")
         if self.vectors.shape != (len(self.w2v_ids), WORD_DIM):
             raise UserError(f"{vectors_path} has shape {self.vectors.shape}, expected ({len(self.w2v_ids)}, {WORD_DIM})")
 
@@ -94,6 +105,17 @@ class WordTable:
         if token_ids.size and not np.array_equal(self.w2v_ids[rows], token_ids):
             raise ValueError("a token id is missing from vocab/w2v_ids.npy")
         return np.asarray(self.vectors[rows], dtype=np.float32)
+
+
+def _assemble_parts(parts: list[Path], merged: tuple[Path, Path] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ids and their vectors from vocab/parts/ (each part's vectors file precedes its ids
+    file) and, when given, an older merged table."""
+    pairs = [(part, part.with_name(part.name.replace(VOCAB_W2V_IDS, VOCAB_VECTORS))) for part in parts]
+    pairs += [merged] if merged else []
+    ids = [np.load(ids_file) for ids_file, _ in pairs]
+    vectors = [np.load(vectors_file) for _, vectors_file in pairs]
+    all_ids, first = np.unique(np.concatenate(ids), return_index=True)
+    return all_ids, np.concatenate(vectors)[first]
 
 
 @dataclass(frozen=True)
