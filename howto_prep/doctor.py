@@ -143,6 +143,17 @@ def check_pure_python_stack(_: Path) -> None:
         raise RuntimeError("webdataset.TarWriter wrote no tar")
 
 
+def check_faiss(_: Path) -> None:
+    import faiss
+    import numpy as np
+
+    index = faiss.IndexFlatIP(4)
+    index.add(np.eye(4, dtype=np.float32))
+    _, found = index.search(np.array([[0.0, 1.0, 0.0, 0.0]], dtype=np.float32), 1)
+    if int(found[0, 0]) != 1:
+        raise RuntimeError(f"an exact inner-product search returned row {int(found[0, 0])}")
+
+
 CHECKS: tuple[Check, ...] = (
     Check("pip", "the installed packages' requirements (pip check)", check_dependency_metadata),
     Check("torch", "an STFT and a matrix product", check_torch),
@@ -151,6 +162,7 @@ CHECKS: tuple[Check, ...] = (
     Check("decord2", "decoding video frames and 16 kHz mono audio", check_decord),
     Check("ray", "starting a local cluster and running a task", check_ray),
     Check("gensim", "word vectors, with webdataset and yt-dlp imported", check_pure_python_stack),
+    Check("faiss-cpu", "an exact inner-product search", check_faiss),
 )
 
 

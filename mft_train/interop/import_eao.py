@@ -1,0 +1,154 @@
+"""`mft-train import-eao CHECKPOINT --out runs/NAME`: the authors' released EAO weights as one of our runs.
+
+Why: the released checkpoints are the paper's trained model; with them `evaluate`, `finetune` and
+`embed` run on the published weights instead of a model we pretrained ourselves. Their file is a
+dict {arch, epoch, step, state_dict, optimizer, monitor_best, config} (their trainer's
+`_save_checkpoint`; `state_dict` possibly prefixed `module.` by DataParallel), or a bare state_dict.
+
+Steps: read it without running code from it (mft_train.interop.safe_load), rename and reshape every
+tensor (mft_train.interop.eao_layout), infer our model config from the shapes, check that our model
+of that config accepts exactly these tensors, then write the run folder:
+  config.yaml    our run config: the inferred model section + the other sections of --config
+  best.pt        {"model", "config", "epoch", "step", "imported"}: what evaluate/finetune/embed read
+  imported.json  where it came from: file, sha256, their arch, epoch, step, monitor_best, their config
+Their optimizer state is not kept (our fine-tuning starts its own optimiser).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from howto_prep.errors import UserError
+from howto_prep.files import atomic_write_json, atomic_write_text, file_sha256
+from mft_train.config import RunConfig
+from mft_train.interop.eao_layout import convert_state_dict, infer_model_config, strip_data_parallel, their_heads
+from mft_train.interop.safe_load import load_weights_only
+from mft_train.models import build_model
+from mft_train.presets import dump_config, load_raw
+from mft_train.training import checkpoints
+from mft_train.training.run_folder import CONFIG_FILE
+
+ARCHES = ("EverythingAtOnceModel", "EverythingAtOnceModel_TV_Only")  # the same parameters
+WRAPPER_KEYS = ("arch", "epoch", "step", "monitor_best", "config")
+IMPORT_FILE = "imported.json"
+DEFAULT_PRESET = "eao_howto100m"  # data/loss/train sections: the paper's pretraining, as their config
+
+
+@dataclass
+class AuthorsCheckpoint:
+    """Their state_dict (prefix stripped) and what their wrapper dict said about it."""
+
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+
+def plain(value: Any) -> Any:
+    """Numbers, strings and containers only (numpy scalars -> Python), so JSON and weights_only read it."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() <= 64 else f"tensor{tuple(value.shape)}"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in obj.items())
+
+
+def read_authors_checkpoint(path: Path) -> AuthorsCheckpoint:
+    """Their checkpoint dict or a bare state_dict -> AuthorsCheckpoint; anything else is a UserError."""
+    loaded = load_weights_only(path)
+    if _is_state_dict(loaded):
+        state_dict, meta = loaded, {"format": "state_dict"}
+    elif isinstance(loaded, dict) and _is_state_dict(loaded.get("state_dict")):
+        state_dict = loaded["state_dict"]
+        meta = {"format": "checkpoint", **{key: plain(loaded.get(key)) for key in WRAPPER_KEYS}}
+        arch = meta.get("arch")
+        if arch is not None and arch not in ARCHES:
+            raise UserError(f"{path} holds a {arch}, not an Everything-at-Once model ({' or '.join(ARCHES)})")
+    else:
+        raise UserError(f"{path} is neither an Everything-at-Once checkpoint (a dict with state_dict) nor a bare state_dict")
+    state_dict, prefixed = strip_data_parallel(state_dict)
+    meta["module_prefix"] = prefixed
+    meta["num_keys"] = len(state_dict)
+    return AuthorsCheckpoint(state_dict, meta)
+
+
+def run_config_for(model: dict, preset: str | None, overrides: list[str]) -> RunConfig:
+    """The inferred model section with the data/loss/train sections of `preset` (+ --set for those)."""
+    bad = [item for item in overrides if item.strip().startswith("model.")]
+    if bad:
+        raise UserError(f"--set {bad[0]}: the model section comes from the checkpoint's tensors and cannot be overridden")
+    raw, where = load_raw(preset or DEFAULT_PRESET, overrides)
+    raw["model"] = model
+    return RunConfig.from_dict(raw, where)
+
+
+def convert(checkpoint: AuthorsCheckpoint, config: RunConfig) -> tuple[dict[str, torch.Tensor], list[str], int]:
+    """Our state_dict for `config.model`, verified by a strict load into that model (built on the meta
+    device: no memory for the weights). Returns (state_dict, dropped keys, parameter count)."""
+    with torch.device("meta"):
+        model = build_model(config.model)
+    expected = {key: value.shape for key, value in model.state_dict().items()}
+    converted, dropped = convert_state_dict(checkpoint.state_dict, expected)
+    model.load_state_dict(converted, strict=True, assign=True)
+    return converted, dropped, sum(p.numel() for p in model.parameters())
+
+
+def import_checkpoint(source: Path, out: Path, heads: int | None = None, preset: str | None = None,
+                      overrides: list[str] | None = None) -> dict:
+    """Write the run folder `out` from the authors' checkpoint `source`; returns the import record."""
+    source, out = Path(source), Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a new folder for the run")
+    # config.yaml is written last, so a best.pt without it is a killed import's and is replaced
+    if (out / CONFIG_FILE).exists() or checkpoints.latest_checkpoint(out):
+        raise UserError(f"{out} already holds a run; choose another --out")
+    checkpoint = read_authors_checkpoint(source)
+    model_cfg = infer_model_config(checkpoint.state_dict, checkpoint.meta.get("config"), heads)
+    config = run_config_for(model_cfg, preset, list(overrides or []))
+    state_dict, dropped, parameters = convert(checkpoint, config)
+    record = {**checkpoint.meta, "source": str(source.resolve()), "source_sha256": file_sha256(source),
+              "dropped_keys": dropped, "mapped_keys": len(state_dict), "parameters": parameters,
+              "heads_from": "--heads" if heads else ("their config" if their_heads(checkpoint.meta.get("config")) else "paper default")}
+    epoch = record.get("epoch")
+    step = record.get("step")
+    state = {"model": state_dict, "config": config.to_dict(), "imported": record,
+             "epoch": int(epoch) if isinstance(epoch, (int, float)) else 0,
+             "step": int(step) if isinstance(step, (int, float)) else 0}
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints.save_checkpoint(state, out / checkpoints.BEST_FILE)
+    atomic_write_json(out / IMPORT_FILE, record)
+    atomic_write_text(out / CONFIG_FILE, dump_config(config))  # last: a folder with config.yaml is complete
+    return record
+
+
+def run_import_eao(args: argparse.Namespace) -> int:
+    if args.heads is not None and args.heads <= 0:
+        raise UserError(f"--heads must be positive, got {args.heads}")
+    record = import_checkpoint(Path(args.checkpoint), Path(args.out), args.heads, args.config, args.overrides)
+    out = Path(args.out)
+    where = f"their {record['format']}" + (f" ({record['arch']}, epoch {record['epoch']})" if record.get("arch") else "")
+    prefix = ", `module.` prefix stripped" if record["module_prefix"] else ""
+    dropped = record["dropped_keys"]
+    unused = f", {len(dropped)} unused ones dropped (fusion.norm, davenet.batchnorm1)" if dropped else ""
+    print(f"import-eao: {args.checkpoint}: {where}, {record['num_keys']} keys{prefix}; "
+          f"{record['mapped_keys']} tensors mapped{unused}")
+    print(f"import-eao: wrote {out}/{CONFIG_FILE}, {out}/{checkpoints.BEST_FILE} ({record['parameters']:,} parameters, "
+          f"heads from {record['heads_from']}) and {out}/{IMPORT_FILE}")
+    print(f"next: mft-train evaluate --checkpoint {out} --shards CLIP_SET | "
+          f"mft-train embed --checkpoint {out} --shards SHARDS --out INDEX")
+    return 0
