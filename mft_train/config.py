@@ -68,6 +68,7 @@ class TrainSettings:
     grad_clip: float = 0.0  # 0: off (the paper does not clip)
     device: str = "auto"  # auto | cpu | cuda
     cpu_threads: int = 0  # torch intra-op threads per process; 0 = torch's default
+    compile: bool = False  # torch.compile the model in place (bench/bench_fused.py measures whether it pays)
 
     def __post_init__(self) -> None:
         require_positive(self, "train", ("lr", "epochs", "batch", "checkpoint_every", "log_every", "keep_checkpoints"))

@@ -12,7 +12,9 @@ import torch
 from howto_prep.errors import UserError
 from mft_train.data.clips import ClipPlan, ClipSpec, clip_arrays, draw_start, plan_clip, video_token_rows
 from mft_train.data.shards import DecodedSample, WordTable, decode_sample, discover_shards
-from mft_train.data.stream import LoaderPlan, make_loader
+from mft_train.data.batch import collate, collate_blocks, video_clip_block
+from mft_train.data.clips import sample_clips
+from mft_train.data.stream import LoaderPlan, decode_sample_view, make_loader, tar_samples
 from shard_fixtures import add_corrupt_shard, write_shard_set
 
 SPEC = ClipSpec()  # the paper's sizes: 8 s, 12 video tokens, 768 frames, +4 s, 20 words
@@ -141,7 +143,7 @@ def first_batches(shard_dir, plan: LoaderPlan, workers: int = 0) -> list[dict]:
 
 def test_batch_dict_matches_the_agreed_interface(shard_dir):
     plan = LoaderPlan(videos_per_rank=4, clips_per_video=3, num_batches=2, seed=0, epoch=0, first_step=0,
-                      order="fixed", audio_pad_value=-80.0)
+                      order="fixed", audio_pad_value=-80.0, half_features=False)
     batch = first_batches(shard_dir, plan)[0]
     n = 12
     assert batch["video"].shape == (n, 12, 4096) and batch["video"].dtype == torch.float32
@@ -160,6 +162,40 @@ def test_batch_dict_matches_the_agreed_interface(shard_dir):
     second = first_batches(shard_dir, plan)[1]
     assert second["video_id"][0] == "vid0004xx" and not second["audio_mask"][:3].any()
     assert second["audio_mask"][3:].any(dim=1).all()
+
+
+def test_half_features_are_the_float32_batch_rounded(shard_dir):
+    common = dict(videos_per_rank=4, clips_per_video=3, num_batches=1, seed=0, epoch=0, first_step=0, order="fixed")
+    (full,) = first_batches(shard_dir, LoaderPlan(**common, half_features=False))
+    (half,) = first_batches(shard_dir, LoaderPlan(**common, half_features=True))
+    for key in ("video", "audio"):
+        assert half[key].dtype == torch.float16 and torch.equal(half[key], full[key].half()), key
+    assert torch.equal(half["audio"].float(), full["audio"])  # log-mel is float16 in the shards: exact
+    for key in ("text", "text_mask", "video_mask", "audio_mask"):
+        assert torch.equal(half[key], full[key]), key
+
+
+def test_per_video_clip_blocks_equal_per_clip_sampling_then_collate(shard_dir):
+    """The loader's fast path (one block per video, zero-copy decode) gives the clips of the plain path."""
+    import webdataset as wds
+
+    shards = discover_shards(shard_dir)
+    words = WordTable(shard_dir)
+    samples = list(wds.DataPipeline(wds.SimpleShardList(shards.urls), wds.tarfile_to_samples()))
+    assert samples == list(wds.DataPipeline(wds.SimpleShardList(shards.urls), tar_samples()))  # the fast tar reader
+    records = [decode_sample(sample) for sample in samples[:6]]
+    views = [decode_sample_view(sample) for sample in samples[:6]]
+    for pad in (0.0, -80.0):
+        expected = collate([sample_clips(r, 4, SPEC, np.random.default_rng(i)) for i, r in enumerate(records)],
+                           words, SPEC.max_words, pad)
+        for half in (False, True):
+            got = collate_blocks([video_clip_block(v, 4, SPEC, np.random.default_rng(i), pad, half)
+                                  for i, v in enumerate(views)], words, SPEC.max_words)
+            assert got["video_id"] == expected["video_id"]
+            for key, value in expected.items():
+                if torch.is_tensor(value):
+                    want = value.half() if half and key in ("video", "audio") else value
+                    assert got[key].dtype == want.dtype and torch.equal(got[key], want), (key, pad, half)
 
 
 def test_fixed_order_splits_each_global_batch_across_ranks(shard_dir):

@@ -73,6 +73,26 @@ def cosine_similarity_matrix(queries: torch.Tensor, targets: torch.Tensor) -> to
     return F.normalize(queries.float(), dim=-1) @ F.normalize(targets.float(), dim=-1).t()
 
 
+def masked_norm_softmax_loss(sim: torch.Tensor, valid: torch.Tensor, temperature: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """norm_softmax_loss of the rows and columns where `valid` is True, without cutting them out.
+
+    Equal to `norm_softmax_loss(sim[valid][:, valid])`, but invalid rows and columns are masked
+    instead of indexed away, so no host synchronisation is needed (boolean indexing needs one to
+    learn the size). Returns (loss, number of valid rows as a float tensor); the loss is exactly 0,
+    with exactly zero gradient everywhere, when no row is valid. Invalid rows and columns always get
+    exactly zero gradient.
+    """
+    logits = sim.float() / temperature
+    pair = valid[:, None] & valid[None, :]
+    masked = torch.where(pair, logits, torch.full_like(logits, float("-inf")))
+    zeros = torch.zeros_like(logits)  # stands in for the rows (columns) left out: finite, then discarded
+    rows = torch.log_softmax(torch.where(valid[:, None], masked, zeros), dim=1).diagonal()
+    cols = torch.log_softmax(torch.where(valid[None, :], masked, zeros), dim=0).diagonal()
+    per_row = torch.where(valid, -(rows + cols), torch.zeros_like(rows))
+    count = valid.sum().to(per_row.dtype)
+    return per_row.sum() / count.clamp(min=1.0), count
+
+
 def combinatorial_loss(
     out: dict[str, torch.Tensor], weights: dict[str, float], temperature: float = 0.05
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -82,26 +102,31 @@ def combinatorial_loss(
     similarity matrix (they are neither positives nor negatives). Missing weight keys count as 0.
     Returns (total, {term: detached loss}) with only the terms that were computed. The total always
     depends on every embedding (zero gradients for dropped terms), so DDP sees every parameter.
+
+    The dropped rows are masked rather than indexed away and the normalisation by the weights of
+    the computed terms happens on the device, so the whole loss needs one host synchronisation (to
+    know which terms to report), not two or more per term.
     """
     check_weights(weights, "loss weight")
-    weighted_sum: torch.Tensor | None = None
-    weight_total = 0.0
-    parts: dict[str, torch.Tensor] = {}
-    for term, (query_key, target_key, involved) in COMBINATORIAL_TERMS.items():
-        weight = float(weights.get(term, 0.0))
-        if weight == 0.0:
-            continue
-        valid = torch.ones_like(out[f"{involved[0]}_empty"], dtype=torch.bool)
-        for modality in involved:
-            valid = valid & ~out[f"{modality}_empty"].bool()
-        if not bool(valid.any()):
-            continue
-        sim = cosine_similarity_matrix(out[query_key][valid], out[target_key][valid])
-        loss = norm_softmax_loss(sim, temperature)
-        parts[term] = loss.detach()
-        weighted_sum = weight * loss if weighted_sum is None else weighted_sum + weight * loss
-        weight_total += weight
+    active = [(term, spec, float(weights.get(term, 0.0))) for term, spec in COMBINATORIAL_TERMS.items()
+              if float(weights.get(term, 0.0)) != 0.0]
     anchor = zero_through_every_embedding(out)
-    if weighted_sum is None:
-        return anchor, parts
-    return weighted_sum / weight_total + anchor, parts
+    if not active:
+        return anchor, {}
+    empty = {modality: out[f"{modality}_empty"].bool() for modality in ("t", "v", "a")}
+    losses, counts = [], []
+    for _, (query_key, target_key, involved), _ in active:
+        valid = ~empty[involved[0]]
+        for modality in involved[1:]:
+            valid = valid & ~empty[modality]
+        sim = cosine_similarity_matrix(out[query_key], out[target_key])
+        loss, count = masked_norm_softmax_loss(sim, valid, temperature)
+        losses.append(loss)
+        counts.append(count)
+    loss_values = torch.stack(losses)
+    computed = torch.stack(counts) > 0
+    weight_values = torch.tensor([weight for _, _, weight in active], dtype=loss_values.dtype, device=loss_values.device)
+    weight_total = (weight_values * computed).sum()
+    total = (weight_values * loss_values).sum() / torch.where(weight_total > 0, weight_total, torch.ones_like(weight_total))
+    parts = {term: loss.detach() for (term, _, _), loss, flag in zip(active, losses, computed.tolist()) if flag}
+    return total + anchor, parts

@@ -11,6 +11,13 @@ are the two L2-normalised projected embeddings taken from the pair's fused pass:
 then L2-normalised again so every output lies on the unit sphere (cosine = dot product). The second
 normalisation changes no cosine similarity, so the losses and metrics equal the paper's.
 
+Two forwards with the same mathematics: `forward` runs the fused one (mft_train.models.fused: each
+modality's LN + QKV once, attention per pass, projection/MLP/heads once over all passes, padded
+tokens never computed); `forward_reference` is the straightforward six-pass forward, built exactly
+like the authors' code, kept as the test oracle (tests/test_fused_forward.py; the two agree to about
+1e-7 in fp32). `model.fused_forward: false` makes `forward` run the reference. Parameter names and
+`tokens(batch)` are the same either way.
+
 Parameter count of the paper preset (tests/test_models.py recomputes it by hand):
   DAVEnet-v2 314,710,016 (convs 314,659,840 + BatchNorm 50,176; the paper: "about 315 M")
   token projections 85,139,456 (GEU 300->4096: 18,014,208; GEU 4096->4096 for video and audio:
@@ -30,6 +37,7 @@ from torch import nn
 
 from howto_prep.errors import UserError
 from mft_train.models.davenet import build_davenet, downsample_mask
+from mft_train.models.fused import MODALITY_PASSES, PASSES, fused_block, token_layouts
 from mft_train.models.inputs import MODALITIES, SHORT, InputSettings, check_batch
 from mft_train.models.layers import FusionBlock, GatedEmbeddingUnit, masked_mean
 from mft_train.settings import settings_from_dict
@@ -47,6 +55,7 @@ class EAOConfig(InputSettings):
     qkv_bias: bool = True
     ln_eps: float = 1e-6
     embed_dim: int = 6144
+    fused_forward: bool = True  # False: forward() runs the six-pass reference (same results, slower)
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "EAOConfig":
@@ -121,6 +130,53 @@ class EverythingAtOnce(nn.Module):
         return F.normalize(self.heads[modality](pooled), dim=-1)
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Embeddings t, v, a, tv, ta, va (unit rows) and the flags t_empty, v_empty, a_empty."""
+        if self.config.fused_forward:
+            return self._forward_fused(batch)
+        return self.forward_reference(batch)
+
+    def _forward_fused(self, batch: dict) -> dict[str, torch.Tensor]:
+        """forward_reference's results with each piece of work done once (mft_train.models.fused)."""
+        check_batch(batch, self.config)
+        dtype = self.masking_token.dtype
+        frame_mask = batch["audio_mask"].bool()
+        masks = {
+            "text": batch["text_mask"].bool(),
+            "video": batch["video_mask"].bool(),
+            "audio": downsample_mask(frame_mask, self.davenet.total_stride),
+        }
+        layouts = token_layouts(masks)
+        logmel = batch["audio"].to(dtype)
+        logmel = torch.where(frame_mask[:, None, :], logmel, torch.full_like(logmel, self.config.audio_pad_value))
+        audio = self.davenet(logmel)  # (B, C, T'): token l of row b is audio[b, :, l]
+        tokens = {}
+        for modality in MODALITIES:
+            layout = layouts[modality]
+            if modality == "audio":
+                features = audio[layout.rows, :, layout.cols]  # (N, C)
+            else:
+                features = batch[modality][layout.rows, layout.cols].to(dtype)  # (N, dim)
+            projected = self.token_norm[modality](self.token_proj[modality](features))
+            tokens[modality] = torch.where(layout.replaced[:, None], self.masking_token.to(projected.dtype), projected)
+        batch_size = frame_mask.shape[0]
+        pooled = fused_block(self.fusion, tokens, layouts, batch_size)
+        embedded = {  # per modality (3, B, embed_dim): alone, then its two pairs (MODALITY_PASSES order)
+            modality: F.normalize(self.heads[modality](pooled[modality].flatten(0, 1)), dim=-1).unflatten(0, (-1, batch_size))
+            for modality in MODALITIES
+        }
+        out: dict[str, torch.Tensor] = {}
+        for modality in MODALITIES:
+            out[SHORT[modality]] = embedded[modality][0]
+            out[f"{SHORT[modality]}_empty"] = layouts[modality].empty
+        for first, second in PAIRS:
+            pass_index = PASSES.index((first, second))
+            mean = (embedded[first][MODALITY_PASSES[first].index(pass_index)]
+                    + embedded[second][MODALITY_PASSES[second].index(pass_index)]) / 2
+            out[SHORT[first] + SHORT[second]] = F.normalize(mean, dim=-1)
+        return out
+
+    def forward_reference(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The six-pass forward, built like the authors' code: the oracle of the fused forward."""
         tokens = self.tokens(batch)
         out: dict[str, torch.Tensor] = {}
         for modality in MODALITIES:

@@ -68,12 +68,20 @@ class FusionBlock(nn.Module):
         self.apply(_init_transformer_weights)
 
     def attention(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.shape
-        qkv = self.qkv(x).view(batch, length, 3, self.heads, width // self.heads)
+        return self.proj(self.attend(self.qkv(x), mask))
+
+    def attend(self, qkv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Multi-head attention of already projected tokens: qkv (B, L, 3 * width) -> (B, L, width), before `proj`.
+
+        Padded keys (mask False) get -inf; padded queries get some output that callers must ignore.
+        """
+        batch, length, triple = qkv.shape
+        width = triple // 3
+        qkv = qkv.view(batch, length, 3, self.heads, width // self.heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, W/H)
         key_mask = mask[:, None, None, :]  # (B, 1, 1, L): True = may be attended to
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=key_mask)
-        return self.proj(out.transpose(1, 2).reshape(batch, length, width))
+        return out.transpose(1, 2).reshape(batch, length, width)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.norm_attn(x), mask)

@@ -17,7 +17,33 @@ PER_STEP_SCHEDULES = ("cosine",)
 
 
 def make_optimizer(model: nn.Module, train: TrainSettings) -> torch.optim.Optimizer:
-    return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    """Adam over the model's parameters (built after the model moved to its device), fused where possible."""
+    params = list(model.parameters())
+    return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay, **adam_implementation(params))
+
+
+def adam_implementation(params: list[torch.Tensor]) -> dict[str, bool]:
+    """{"fused": True} when every parameter is a floating tensor on a device with a fused Adam kernel.
+
+    The fused kernel updates all parameters in a few launches on CUDA (one per tensor list chunk
+    instead of several per parameter) and is about 3x faster than the default on CPU; it computes
+    the same update up to float rounding. Otherwise {} (torch's default: foreach on CUDA, a loop on CPU).
+    """
+    fused_devices = {"cuda", "cpu"}
+    if params and all(p.is_floating_point() and p.device.type in fused_devices for p in params):
+        return {"fused": True}
+    return {}
+
+
+def use_adam_implementation(optimizer: torch.optim.Optimizer, implementation: dict[str, bool]) -> None:
+    """Re-apply the implementation after `load_state_dict` (a checkpoint's param groups carry the old one)."""
+    for group in optimizer.param_groups:
+        for key in ("fused", "foreach"):
+            group[key] = implementation.get(key)
+    if implementation.get("fused"):  # the fused kernel reads float32 step counts on the parameter's device
+        for param, state in optimizer.state.items():
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(device=param.device, dtype=torch.float32)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainSettings, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
