@@ -56,6 +56,17 @@ def kill_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def holds_lock(args: list[str], pid: int) -> bool:
+    """True once the run `pid` holds its output's lock (a second run tried earlier would win the race)."""
+    from howto_prep.output_lock import LOCK_NAME
+
+    lock = Path(args[args.index("--out") + 1]) / LOCK_NAME
+    try:
+        return f'"pid": {pid},' in lock.read_text()
+    except OSError:
+        return False
+
+
 def actor_pids() -> list[int]:
     found = subprocess.run(["pgrep", "-f", "ray::FeatureModels"], capture_output=True, text=True).stdout.split()
     return [int(pid) for pid in found]
@@ -70,7 +81,7 @@ def chaotic(args: list[str], kills: int, rng: random.Random, log: dict, kill_act
         deadline = time.monotonic() + rng.uniform(4.0, 12.0)
         while process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-            if not second_tried and time.monotonic() > deadline - 2:
+            if not second_tried and time.monotonic() > deadline - 2 and holds_lock(args, process.pid):
                 second = run(args)
                 log["second run exit codes"].append(second.returncode)
                 second_tried = True

@@ -138,6 +138,9 @@ def _advance_stream(job: _Job, actors: list, load: list[int]) -> None:
     job.sent[embed] = time.monotonic()
 
 
+RESTART_WAIT_S = 600.0  # how long a killed actor may take to come back (model weights load)
+
+
 def restart_hung_actors(active: dict[str, _Job], actors: list, kills: list[int], timeout_s: float,
                         restarts: int, now: float) -> None:
     """Kill an actor whose oldest pending chunk waited `timeout_s` (Ray restarts it and resends its
@@ -153,8 +156,14 @@ def restart_hung_actors(active: dict[str, _Job], actors: list, kills: list[int],
                               f"{kills[index]} restarts; the finished shards are kept, rerun to continue")
         kills[index] += 1
         ray.kill(actor, no_restart=False)
+        try:  # wait until Ray has restarted it (models loaded): restart time is not hang time
+            ray.get(actor.info.remote(), timeout=max(timeout_s, RESTART_WAIT_S))
+        except Exception as err:
+            raise SystemFault(f"feature model actor {index} did not come back after a restart: "
+                              f"{' '.join(str(err).split())[:300]}") from None
+        ready = time.monotonic()
         for job, ref in waiting:
-            job.sent[ref] = now  # the restarted actor gets the full time again
+            job.sent[ref] = ready  # the restarted actor gets the full time again
 
 
 def _drop(job: _Job, active: dict, load: list[int], kind: FailureKind, text: str) -> Outcome:
