@@ -1,6 +1,6 @@
 """The fused EAO training step against today's (six-pass reference forward, default Adam), same run, same weights.
 
-    .venv/bin/python bench/bench_fused.py [--shards DIR] [--videos 8] [--steps 6] [--threads 2]   # CPU, reduced preset
+    .venv/bin/python bench/bench_fused.py [--shards DIR] [--videos 4] [--steps 10] [--threads 2]  # CPU, reduced preset
     python bench/bench_fused.py --gpu [--gpu-clips 560] [--gpu-steps 6] [--compile]              # CUDA: paper preset, bf16
 
 CPU (always): a reduced preset (width 1024, 16 heads, heads 1024 -> 1536, DAVEnet v2 at a quarter
@@ -119,27 +119,34 @@ class Stepper:
 
 
 def timed(fn, device: torch.device) -> float:
+    return timed_both(fn, device)[0]
+
+
+def timed_both(fn, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of one call."""
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def alternate(contenders: dict[str, tuple[callable, list[dict]]], warmup: int, steps: int,
-              device: torch.device) -> dict[str, float]:
-    """Median seconds per call of each contender (a function and its batches), interleaved round-robin
-    after `warmup` rounds, so a busy machine slows every contender alike."""
-    times: dict[str, list[float]] = {name: [] for name in contenders}
+              device: torch.device) -> dict[str, tuple[float, float]]:
+    """Median (wall, CPU) seconds per call of each contender (a function and its batches), interleaved
+    round-robin after `warmup` rounds, so a busy machine slows every contender alike. With one thread
+    the CPU seconds are the steadier measure on a shared machine (other processes cannot inflate them)."""
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
     for round_index in range(warmup + steps):
         for name, (fn, batches) in contenders.items():
             batch = batches[round_index % len(batches)]
-            seconds = timed(lambda: fn(batch), device)
+            seconds = timed_both(lambda: fn(batch), device)
             if round_index >= warmup:
                 times[name].append(seconds)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
+            for name, values in times.items()}
 
 
 def compare_outputs(model: torch.nn.Module, batch: dict) -> tuple[float, float]:
@@ -194,9 +201,13 @@ def cpu_bench(args: argparse.Namespace) -> None:
             ("Adam step alone (default vs fused)", medians["today adam"], medians["fused adam"])]
     if args.compile:
         rows.append(("step, fused + torch.compile (real shards)", medians["today"], medians["compiled"]))
-    print(f"\n{'what':<58} {'today s':>9} {'fused s':>9} {'today clips/s':>14} {'fused clips/s':>14} {'ratio':>7}")
-    for label, old, new in rows:
-        print(f"{label:<58} {old:>9.3f} {new:>9.3f} {clips / old:>14.1f} {clips / new:>14.1f} {old / new:>6.2f}x")
+    print(f"\n{'what':<56} {'today s':>8} {'fused s':>8} {'today clips/s':>13} {'fused clips/s':>13} {'ratio':>6} "
+          f"{'CPU-time ratio':>14}")
+    for label, (old, old_cpu), (new, new_cpu) in rows:
+        print(f"{label:<56} {old:>8.3f} {new:>8.3f} {clips / old:>13.1f} {clips / new:>13.1f} {old / new:>5.2f}x "
+              f"{old_cpu / new_cpu:>13.2f}x")
+    print("(medians over the timed rounds; ratio = today / fused wall time, CPU-time ratio = the same in this "
+          "process's CPU seconds)")
 
 
 # ---------------------------------------------------------------- GPU, paper preset
@@ -231,41 +242,45 @@ def gpu_bench(args: argparse.Namespace) -> None:
     fill = float(batch["text_mask"].float().mean())
     print(f"\nbench_fused (GPU {name}): paper preset, bf16 autocast, {args.gpu_clips} clips/step, "
           f"text {100 * fill:.0f}% filled, video and audio all real")
-    rows = []
     flops = None
     variants = [("today: reference forward, default Adam", False, False, False),
                 ("fused forward, fused Adam, cudnn.benchmark", True, True, False)]
     if args.compile:
         variants.append(("fused + torch.compile", True, True, True))
+    base = None
     for label, fused, benchmark, compile_model in variants:
         torch.backends.cudnn.benchmark = benchmark
         torch.manual_seed(0)
         model = build_model(config.model).to(device)
+        if flops is None:  # model FLOPs = the fused step's work, counted once (same weights either way)
+            check = gpu_batch(8, device, seed=1)
+            diff_emb, diff_loss = compare_outputs(model.train(), {k: v.float() if v.is_floating_point() else v
+                                                                  for k, v in check.items()})
+            print(f"fused vs reference on the GPU, fp32, 8 clips: max |d embedding| {diff_emb:.1e}, |d loss| {diff_loss:.1e}")
+            flops = step_flops(Stepper(model, fused=True, device=device, amp=True), batch)
+            model.zero_grad(set_to_none=True)
+            print(f"model FLOPs per step (fused forward + backward, flop counter): {flops / 1e12:.1f} TFLOP "
+                  f"({flops / args.gpu_clips / 1e9:.1f} GFLOP per clip); peak {peak:.0f} TFLOP/s")
+            print(f"{'variant':<46} {'s/step':>8} {'clips/s':>9} {'MFU':>6} {'peak GiB':>9} {'vs today':>9}", flush=True)
         stepper = Stepper(model, fused=fused, device=device, amp=True, compile_model=compile_model)
         torch.cuda.reset_peak_memory_stats()
         for _ in range(args.gpu_warmup):
             stepper.step(batch)
-        times = [timed(lambda: stepper.step(batch), device) for _ in range(args.gpu_steps)]
-        seconds = statistics.median(times)
+        seconds = statistics.median(timed(lambda: stepper.step(batch), device) for _ in range(args.gpu_steps))
         peak_gib = torch.cuda.max_memory_allocated() / 2**30
-        if fused and flops is None:
-            flops = step_flops(stepper, batch)
-        rows.append((label, seconds, peak_gib))
+        base = base or seconds
+        mfu = f"{100 * flops / seconds / (peak * 1e12):.0f}%" if peak else "n/a"
+        print(f"{label:<46} {seconds:>8.3f} {args.gpu_clips / seconds:>9.0f} {mfu:>6} {peak_gib:>9.1f} "
+              f"{base / seconds:>8.2f}x", flush=True)
         del stepper, model
         torch.cuda.empty_cache()
-    base = rows[0][1]
-    print(f"model FLOPs per step (fused forward + backward, flop counter): {flops / 1e12:.1f} TFLOP "
-          f"({flops / args.gpu_clips / 1e9:.1f} GFLOP per clip); peak {peak:.0f} TFLOP/s")
-    print(f"{'variant':<46} {'s/step':>8} {'clips/s':>9} {'MFU':>6} {'peak GiB':>9} {'vs today':>9}")
-    for label, seconds, peak_gib in rows:
-        mfu = f"{100 * flops / seconds / (peak * 1e12):.0f}%" if peak else "n/a"
-        print(f"{label:<46} {seconds:>8.3f} {args.gpu_clips / seconds:>9.0f} {mfu:>6} {peak_gib:>9.1f} {base / seconds:>8.2f}x")
     embed, per_step = config.model.get("embed_dim", 6144), config.train.batch * config.data.clips_per_video
     gathered = per_step * 6 * embed * 4
+    with torch.device("meta"):
+        params = sum(p.numel() for p in build_model(config.model).parameters())
     print(f"multi-GPU (computed): each step all-gathers 6 float32 embeddings x {embed} x {per_step:,} clips = "
           f"{gathered / 2**20:.0f} MiB per rank (and their gradients on the way back), and DDP "
-          f"all-reduces {sum(p.numel() for p in build_model(config.model).parameters()) * 4 / 2**30:.2f} GiB "
-          "of float32 gradients")
+          f"all-reduces {params * 4 / 2**30:.2f} GiB of float32 gradients")
 
 
 def paper_flops(args: argparse.Namespace) -> None:
@@ -292,8 +307,8 @@ def main() -> None:
     parser.add_argument("--shards", type=Path, default=None, help="a shard set (default: synthetic corpus + extract)")
     parser.add_argument("--corpus-videos", type=int, default=8)
     parser.add_argument("--fixture-shards", action="store_true", help="tests' fixture shards instead of an extract (quick)")
-    parser.add_argument("--videos", type=int, default=8, help="videos per CPU step (x 10 clips)")
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--videos", type=int, default=4, help="videos per CPU step (x 10 clips)")
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gpu", action="store_true", help="run the paper-preset GPU comparison (needs CUDA)")

@@ -217,12 +217,14 @@ def main() -> None:
     parser.add_argument("--shuffle-buffer", type=int, default=100)
     parser.add_argument("--gpu-rate", type=float, default=2 * 2664.0, help="clips/s one GPU consumes")
     parser.add_argument("--paper-loader-only", action="store_true")
+    parser.add_argument("--skip-paper-loader", action="store_true")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
         if not args.paper_loader_only:
             small_section(args, Path(scratch))
-        paper_loader_section(args, Path(scratch))
+        if not args.skip_paper_loader:
+            paper_loader_section(args, Path(scratch))
 
     if args.paper_loader_only:
         return

@@ -32,12 +32,12 @@ stage() {  # stage NAME LIMIT_S COMMAND...: run with a time limit, log to $OUT/N
 
 if [ "$QUICK" = 1 ]; then
     EXTRACT=(--short 3 --long 6 --size 160x120 --device cpu); PIPE=(--videos 2 --seconds 4 --size 160x120 --gpus 0)
-    STEPS=3; TRAIN=(--steps 2 --batches 2 --workers 0)
+    STEPS=3; TRAIN=(--steps 2 --batches 2 --workers 0 --skip-paper-loader)
     FUSED=(--fixture-shards --videos 1 --steps 1 --warmup 1); KMEANS=(--rows 2048 --dim 256 --k 16 --device cpu)
     LOADER=(--paper-loader-only --long-videos 8 --paper-workers 0 1 --paper-batches 2 --paper-videos 4)
 else
     EXTRACT=(--short 10 --long 60 --size 640x360 --device cuda); PIPE=(--videos 16 --seconds 60 --size 640x360 --gpus 1)
-    STEPS=40; TRAIN=(--steps 5 --batches 10 --workers 0 --gpu-steps 5)
+    STEPS=40; TRAIN=(--steps 5 --batches 10 --workers 0 --gpu-steps 5 --skip-paper-loader)
     FUSED=(--no-cpu --gpu --gpu-clips 560 --gpu-steps 6 --compile); KMEANS=(--paper --device cuda)
     LOADER=(--paper-loader-only --paper-workers 0 1 4 8 12 --paper-batches 24)
 fi
