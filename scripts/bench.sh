@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark prints a table with a baseline measured in the same run.
 # Not tests: numbers depend on the machine. Pass BENCH=name to run one (download, extract, extract_pipeline,
-# long_video, decode, train, mcn_kmeans, mcn_vs_eao, search).
+# long_video, decode, train, mcn_kmeans, mcn_vs_eao, search, fused).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV=0
@@ -21,3 +21,4 @@ bench train
 bench mcn_kmeans
 bench mcn_vs_eao --steps 60
 bench search
+bench fused
