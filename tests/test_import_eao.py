@@ -22,6 +22,7 @@ import yaml
 
 from mft_train.cli import main
 from mft_train.interop.eao_layout import convert_state_dict, infer_model_config
+from mft_train.interop.safe_load import load_weights_only
 from mft_train.models.eao import EAOConfig, EverythingAtOnce
 from mft_train.presets import load_raw
 from mft_train.training.checkpoints import load_checkpoint
@@ -151,7 +152,7 @@ def test_their_layout_has_188_keys_and_the_paper_shapes_infer_the_paper_preset()
 def test_round_trip_gives_identical_embeddings(original: EverythingAtOnce, tmp_path: Path,
                                                capsys: pytest.CaptureFixture) -> None:
     source = write_authors_checkpoint(tmp_path / "checkpoint-epoch14.pth", original)
-    assert len(torch.load(source, weights_only=False)["state_dict"]) == 188
+    assert len(load_weights_only(source)["state_dict"]) == 188
     run = tmp_path / "runs" / "released"
     assert main(["import-eao", str(source), "--out", str(run)]) == 0
     out = capsys.readouterr().out
@@ -231,7 +232,7 @@ def test_heads_that_no_config_gives_and_existing_runs_are_refused(original: Ever
     capsys.readouterr()
     assert main(["import-eao", str(source), "--out", str(tmp_path / "run"), "--heads", "8"]) == 2
     assert "already holds a run" in one_error_line(capsys)
-    other = {**torch.load(source, weights_only=False), "arch": "TransformerPerModalityModel"}
+    other = {**load_weights_only(source), "arch": "TransformerPerModalityModel"}
     torch.save(other, tmp_path / "other.pth")
     assert main(["import-eao", str(tmp_path / "other.pth"), "--out", str(tmp_path / "run2")]) == 2
     assert "holds a TransformerPerModalityModel" in one_error_line(capsys)

@@ -4,7 +4,7 @@ Why: a `.pth` file is a pickle, and unpickling can call any Python function the 
 checkpoint downloaded from a paper's release page is data we do not control, so it is read only with
 `torch.load(weights_only=True)`: tensors, numbers, strings and plain containers (plus numpy scalars,
 which older trainers store as metrics). A file that needs anything else is refused with one line; it
-is never retried with `weights_only=False`.
+is never loaded a second time without that restriction.
 """
 
 from __future__ import annotations
