@@ -72,6 +72,25 @@ def actor_pids() -> list[int]:
     return [int(pid) for pid in found]
 
 
+def try_second_run(args: list[str], first: subprocess.Popen, log: dict) -> bool:
+    """Start a second run on the same output while the first one holds its lock.
+
+    The first driver is frozen (SIGSTOP keeps its flock held) for the second run's lifetime: without
+    that, the first could finish between our look at the lock and the second run's flock, and the
+    second would rightly win the free lock and exit 0 (a race in this harness, not in the tool)."""
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        if first.poll() is not None or not holds_lock(args, first.pid):
+            return False  # it finished just now: try again at the next attempt
+        log["second run exit codes"].append(run(args).returncode)
+        return True
+    finally:
+        try:
+            os.kill(first.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
 def chaotic(args: list[str], kills: int, rng: random.Random, log: dict, kill_actor: bool = False) -> None:
     """Run `args` to completion while killing its driver `kills` times, trying a second run once and
     (for extract) killing one model actor once."""
@@ -82,9 +101,7 @@ def chaotic(args: list[str], kills: int, rng: random.Random, log: dict, kill_act
         while process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
             if not second_tried and time.monotonic() > deadline - 2 and holds_lock(args, process.pid):
-                second = run(args)
-                log["second run exit codes"].append(second.returncode)
-                second_tried = True
+                second_tried = try_second_run(args, process, log)
             if kill_actor and not actor_killed and actor_pids():
                 time.sleep(1.0)
                 for pid in actor_pids():

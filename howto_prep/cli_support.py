@@ -22,7 +22,7 @@ def run_handler(prog: str, args: argparse.Namespace) -> int:
         )
         return int(handler(args) or 0)
     except UserError as err:
-        label = "system fault" if err.exit_code == ExitCode.SYSTEM_FAULT else "error"
+        label = {ExitCode.SYSTEM_FAULT: "system fault", ExitCode.INTERRUPTED: "stopped"}.get(err.exit_code, "error")
         print(f"{prog}: {label}: {err}", file=sys.stderr)
         return int(err.exit_code)
     except KeyboardInterrupt:

@@ -42,6 +42,12 @@ class SystemFault(UserError):
     exit_code = ExitCode.SYSTEM_FAULT
 
 
+class Interrupted(UserError):
+    """Stopped on request (SIGTERM, Ctrl-C) after saving what is needed to continue; rerun to continue."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
 class Fault(str, Enum):
     VIDEO = "video"
     TRANSIENT = "transient"

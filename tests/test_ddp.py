@@ -72,3 +72,56 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
         torch.testing.assert_close(two[index], moment, rtol=1e-4, atol=1e-6 * scale, msg=f"parameter {index}")
     assert "pretrain: steps 0->2" in proc.stderr  # rank 0 reports once
     assert proc.stderr.count("pretrain: steps") == 1
+
+
+def poison_video(shards: Path, video_id: str) -> None:
+    """Rewrite the tar holding `video_id` with NaN 2D features for it (a corrupted feature file)."""
+    import io
+    import tarfile
+
+    import numpy as np
+    import webdataset as wds
+
+    from howto_prep import schema
+
+    for tar in sorted(shards.glob("*.tar")):
+        with tarfile.open(tar) as source:
+            members = [(m.name, source.extractfile(m).read()) for m in source.getmembers()]
+        if not any(name.startswith(video_id + ".") for name, _ in members):
+            continue
+        samples: dict[str, dict[str, bytes]] = {}
+        for name, data in members:
+            key, field = name.split(".", 1)
+            samples.setdefault(key, {"__key__": key})[field] = data
+        features = np.load(io.BytesIO(samples[video_id][schema.RESNET152.field]))
+        buffer = io.BytesIO()
+        np.save(buffer, np.full_like(features, np.nan))
+        samples[video_id][schema.RESNET152.field] = buffer.getvalue()
+        with wds.TarWriter(str(tar)) as sink:
+            for sample in samples.values():
+                sink.write(sample)
+        return
+    raise AssertionError(f"{video_id} is in no shard")
+
+
+@pytest.mark.timeout(300)
+def test_a_nan_loss_stops_every_rank_with_one_line(tmp_path):
+    """The NaN comes from rank 1's share of the first global batch; every rank must stop after that
+    step with the one line (before: rank 0 alone raised, rank 1 went on into the next collective)."""
+    shards = tmp_path / "shards"
+    made = write_shard_set(shards, videos=8, shards=2, topics=2)
+    poison_video(shards, made["ids"][2])  # fixed order: global batch 1 = videos 0-3, rank 1 takes 2 and 3
+    logs = tmp_path / "logs"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "--log-dir", str(logs), "--redirects", "2", str(Path(global_batchnorm.__file__)), "pretrain",
+               "--shards", str(shards), "--out", str(tmp_path / "ddp"), "--config", "eao_small"]
+    command += [arg for item in SETTINGS for arg in ("--set", item)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=280, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    rank_logs = sorted(logs.rglob("stderr.log"))
+    assert len(rank_logs) == 2, proc.stderr[-3000:]
+    for log in rank_logs:
+        text = log.read_text()
+        assert "the loss became nan at step 1 (every rank stops here)" in text, text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
+    assert not (tmp_path / "ddp" / "checkpoints" / "step-000000001.pt").exists()  # NaN weights are not saved

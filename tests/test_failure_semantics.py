@@ -380,6 +380,56 @@ def test_resume_in_a_fresh_process_with_a_loader_worker_matches_the_uninterrupte
     assert first + second == whole  # exactly: same batches, same RNG, same optimizer (and MCN queue) state
 
 
+def pretrain_command(shards: Path, out: Path, overrides: list[str], resume: bool = False) -> list[str]:
+    command = [sys.executable, "-m", "mft_train.cli", "pretrain", "--shards", str(shards), "--out", str(out),
+               "--config", "eao_small", *(arg for item in overrides for arg in ("--set", item))]
+    return command + (["--resume"] if resume else [])
+
+
+def logged_losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sigterm_checkpoints_inside_a_stretch_and_resume_continues_with_the_same_batches(tmp_path: Path):
+    """A scheduler's SIGTERM to the whole process group (loader worker included) in the middle of a
+    stretch between checkpoints: exit 130 with one line, a checkpoint at that step, and --resume gives
+    exactly the uninterrupted run's losses (it skips to the batch where the stop fell)."""
+    from shard_fixtures import write_shard_set
+
+    shards = tmp_path / "shards"
+    write_shard_set(shards, videos=8, shards=2, topics=2)
+    steps = 30
+    overrides = TINY_EAO + [item for item in COMMON if not item.startswith(("train.epochs", "train.steps_per_epoch",
+                                                                            "train.checkpoint_every"))]
+    overrides += ["train.epochs=1", f"train.steps_per_epoch={steps}", "train.checkpoint_every=100"]  # one stretch
+    whole = subprocess.run(pretrain_command(shards, tmp_path / "whole", overrides), cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    split = tmp_path / "split"
+    process = subprocess.Popen(pretrain_command(shards, split, overrides), cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = split / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+            os.killpg(process.pid, signal.SIGTERM)
+            break
+        time.sleep(0.005)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == ExitCode.INTERRUPTED, stderr[-3000:]
+    assert "Traceback" not in stderr and "stopped by SIGTERM after step" in stderr
+    stopped_at = len(logged_losses(split))
+    assert 3 <= stopped_at < steps  # inside the stretch, not at a checkpoint step
+    state = torch.load(split / "checkpoints" / f"step-{stopped_at:09d}.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == stopped_at and state["data_origin"] == 0
+
+    resumed = subprocess.run(pretrain_command(shards, split, overrides, resume=True), cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert logged_losses(split) == logged_losses(tmp_path / "whole")  # exactly: the same batches
+
+
 # A consistent shard set at every moment -----------------------------------------------------------
 
 def test_every_finished_shards_tokens_can_be_looked_up_before_the_extraction_ends(tmp_path: Path, synth_corpus):

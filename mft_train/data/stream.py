@@ -35,6 +35,7 @@ from howto_prep.schema import CAPTIONS_FIELD, LOGMEL, META_FIELD, RESNET152, RES
 from mft_train.data.batch import collate_blocks, video_clip_block
 from mft_train.data.clips import ClipSpec
 from mft_train.data.shards import DecodedSample, ShardSet, WordTable
+from mft_train.training.preemption import ignore_stop_signals
 
 ORDERS = ("stream", "fixed")
 PREFETCH_PER_WORKER = 4  # batches each worker may hold ready: bounds the loader's memory
@@ -236,6 +237,7 @@ def make_loader(shards: ShardSet, spec: ClipSpec, plan: LoaderPlan, workers: int
         persistent_workers=False,
         prefetch_factor=PREFETCH_PER_WORKER if workers else None,
         pin_memory=plan.pin_memory,
+        worker_init_fn=ignore_stop_signals if workers else None,  # a stop signal is the trainer's to handle
     )
 
 

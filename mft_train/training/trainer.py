@@ -9,20 +9,29 @@ The Trainer does not know where its batches come from or what happens between ep
   scalars (fine-tuning evaluates there and keeps best.pt).
 Each stretch ends at an epoch end, a checkpoint step or the last step, whichever comes first; the
 exponential schedule steps at epoch ends, the cosine one after every step.
+
+After every step all ranks agree, in one all_reduce of the logged numbers, on the loss and on whether
+a stop was requested (mft_train.training.preemption): a non-finite loss stops every rank after the
+same step with one line (no rank is left waiting in a collective), and SIGTERM stops every rank
+after the same step with a checkpoint that records the step its loader started at, so `--resume`
+skips to the exact batch and continues with the batches the uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from howto_prep.errors import UserError
+from howto_prep.errors import Interrupted, UserError
 from mft_train.config import RunConfig
 from mft_train.data.batch import model_inputs
 from mft_train.losses.objectives import make_objective
@@ -30,6 +39,7 @@ from mft_train.models import build_model
 from mft_train.training import checkpoints, distributed
 from mft_train.training.device import autocast_context, choose_device, configure_backends, move_batch
 from mft_train.training.distributed import DistInfo, gather_outputs
+from mft_train.training.preemption import StopRequest
 from mft_train.training.optim import (
     adam_implementation,
     make_optimizer,
@@ -104,6 +114,8 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, train, self.total_steps)
         self.objective = make_objective(config.loss, self.model, self.device)
         self.step = 0
+        self.data_origin = 0  # the step the current stretch's loader started at (a stop may fall inside it)
+        self.stop = StopRequest()
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
@@ -114,6 +126,7 @@ class Trainer:
             "objective": self.objective.state_dict(),
             "rng": checkpoints.rng_state(),
             "step": self.step,
+            "data_origin": self.data_origin,
             "epoch": self.step // self.steps_per_epoch,
             "steps_per_epoch": self.steps_per_epoch,
             "config": self.config.to_dict(),
@@ -141,15 +154,16 @@ class Trainer:
         self.objective.load_state_dict(state.get("objective", {}))
         checkpoints.restore_rng_state(state["rng"])
         self.step = int(state["step"])
+        self.data_origin = int(state.get("data_origin", self.step))
         return path
 
     # ---- one step -----------------------------------------------------------------------------
-    def train_step(self, batch: dict) -> tuple[float, dict[str, float]]:
+    def train_step(self, batch: dict) -> tuple[float, dict[str, float], bool]:
         """Forward (autocast), gather over ranks, loss, backward, optional clipping, optimiser step.
 
         The logged numbers are read back in one copy at the end (read_values), so a step waits for the
         device about three times (token counts in the forward, the computed loss terms, the logged values)
-        instead of a few times per loss term.
+        instead of a few times per loss term. Returns (loss, terms, stop): all three agreed by every rank.
         """
         train = self.config.train
         batch = move_batch(model_inputs(batch), self.device)
@@ -162,7 +176,7 @@ class Trainer:
         if train.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip)
         self.optimizer.step()
-        return read_values(loss, parts)
+        return read_values(loss, parts, self.stop.requested, self.dist.world_size if self.dist.enabled else 1)
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self, max_steps: int | None = None) -> TrainResult:
@@ -173,34 +187,58 @@ class Trainer:
         logger = RunLogger(self.run_dir, self.dist.is_main, self.step, self.total_steps,
                            self.config.train.log_every, desc=self.name)
         try:
-            if self.hooks is not None and self.step == 0:
-                logger.scalars(self.hooks.before_first_epoch(self), self.step)
-            while self.step < stop:
-                epoch_start = self.step // self.steps_per_epoch * self.steps_per_epoch
-                epoch_end = epoch_start + self.steps_per_epoch
-                next_checkpoint = (self.step // self.checkpoint_every + 1) * self.checkpoint_every
-                self._run_stretch(min(epoch_end, next_checkpoint, stop), result, logger)
-                if self.step == epoch_end and not per_step_schedule:
-                    self.scheduler.step()
-                if self.step % self.checkpoint_every == 0 or self.step == stop:
-                    result.checkpoint = self.save()
-                if self.step == epoch_end and self.hooks is not None:
-                    ran = self.step - max(epoch_start, result.first_step)
-                    scalars = self.hooks.after_epoch(self, epoch_end // self.steps_per_epoch, result.losses[len(result.losses) - ran:])
-                    logger.scalars(scalars, self.step)
+            with self.stop.installed():
+                if self.hooks is not None and self.step == 0:
+                    logger.scalars(self.hooks.before_first_epoch(self), self.step)
+                while self.step < stop:
+                    epoch_start = self.step // self.steps_per_epoch * self.steps_per_epoch
+                    epoch_end = epoch_start + self.steps_per_epoch
+                    next_checkpoint = (self.step // self.checkpoint_every + 1) * self.checkpoint_every
+                    end = min(epoch_end, next_checkpoint, stop)
+                    if not self._run_stretch(end, result, logger):
+                        self._stop_here(result)  # inside the stretch: its loader's start is kept
+                    self.data_origin = self.step
+                    if self.step == epoch_end and not per_step_schedule:
+                        self.scheduler.step()
+                    if self.step % self.checkpoint_every == 0 or self.step == stop:
+                        result.checkpoint = self.save()
+                    if self.step == epoch_end and self.hooks is not None:
+                        ran = self.step - max(epoch_start, result.first_step)
+                        scalars = self.hooks.after_epoch(self, epoch_end // self.steps_per_epoch, result.losses[len(result.losses) - ran:])
+                        logger.scalars(scalars, self.step)
+                    if self.stop.requested and self.step < stop:
+                        self._stop_here(result)
         finally:
             logger.close()
         result.last_step = self.step
         return result
 
-    def _run_stretch(self, end: int, result: TrainResult, logger: RunLogger) -> None:
-        """Steps from self.step to `end` on one fresh loader of the batch source."""
+    def _stop_here(self, result: TrainResult) -> None:
+        """Checkpoint now (every rank waits for it) and stop with exit 130."""
+        path = checkpoints.checkpoint_path(self.run_dir, self.step)
+        if result.checkpoint != path:  # not saved at this step yet
+            path = self.save()
+        if self.dist.enabled:
+            dist.barrier()  # no rank exits (and makes torchrun kill the others) before the checkpoint is written
+        result.last_step, result.checkpoint = self.step, path
+        raise Interrupted(f"stopped by {self.stop.signal_name} after step {self.step}; checkpoint {path} written: "
+                          "rerun with --resume to continue with the same batches")
+
+    def _run_stretch(self, end: int, result: TrainResult, logger: RunLogger) -> bool:
+        """Steps from self.step to `end` on one loader of the batch source, started at the stretch's
+        first step (`data_origin`: earlier than self.step after a stop inside the stretch, whose batches
+        are then skipped). False when a stop request ended it early."""
         per_step_schedule = steps_every_step(self.config.train)
+        origin = min(self.data_origin, self.step)
+        batches = itertools.islice(self.source.batches(origin, end - origin), self.step - origin, None)
         tick = time.perf_counter()
-        for batch in self.source.batches(self.step, end - self.step):
-            loss, parts = self.train_step(batch)
+        for batch in batches:
+            loss, parts, stop = self.train_step(batch)
             lr = self.optimizer.param_groups[0]["lr"]
             self.step += 1
+            if not math.isfinite(loss):
+                raise UserError(f"the loss became {loss} at step {self.step} (every rank stops here); "
+                                "lower train.lr or check the shards")
             if per_step_schedule:
                 self.scheduler.step()
             now = time.perf_counter()
@@ -209,14 +247,28 @@ class Trainer:
             result.losses.append(loss)
             result.terms.append(parts)
             logger.log(self.step, loss, parts, lr, clips_per_s)
+            if stop and self.step < end:
+                return False
         if self.step != end:
             raise RuntimeError(f"the data loader ended after step {self.step}, expected {end}")
+        return True
 
 
-def read_values(loss: torch.Tensor, parts: dict[str, torch.Tensor | float]) -> tuple[float, dict[str, float]]:
-    """The step's loss and terms as Python floats in one device-to-host copy (one synchronisation)."""
+def read_values(loss: torch.Tensor, parts: dict[str, torch.Tensor | float], stop_requested: bool = False,
+                world_size: int = 1) -> tuple[float, dict[str, float], bool]:
+    """The step's loss and terms as Python floats in one device-to-host copy (one synchronisation),
+    and whether any rank was asked to stop.
+
+    Under DDP (world_size > 1) the numbers are averaged over ranks and the stop flags summed in one
+    all_reduce of a few floats: every rank then reads the same loss (a NaN on any rank is a NaN on all)
+    and the same stop decision, so all leave the loop after the same step.
+    """
     keys = [key for key, value in parts.items() if torch.is_tensor(value)]
-    values = torch.stack([loss.detach().float().reshape(())] + [parts[key].detach().float().reshape(()) for key in keys])
+    values = torch.stack([loss.detach().float().reshape(())] + [parts[key].detach().float().reshape(()) for key in keys]
+                         + [torch.tensor(float(stop_requested), device=loss.device)])
+    if world_size > 1:
+        dist.all_reduce(values)
+        values[:-1] /= world_size
     numbers = values.tolist()
-    read = dict(zip(keys, numbers[1:]))
-    return numbers[0], {key: read[key] if key in read else float(value) for key, value in parts.items()}
+    read = dict(zip(keys, numbers[1:-1]))
+    return numbers[0], {key: read[key] if key in read else float(value) for key, value in parts.items()}, numbers[-1] > 0
