@@ -63,7 +63,8 @@ run mft-train evaluate --checkpoint "$DEMO/runs/finetune/best.pt" --shards "$DEM
 stage "8. embed the held-out validation videos in windows and search them by text (scored against the synthetic truth)"
 # Synthetic steps last about 5 s, so 4 s windows every 2 s (the default is the pretraining clip: 8 s every 4 s).
 # These videos were extracted without captions, so their set has no vocabulary: queries use the
-# pretraining shards' (the same word2vec file).
+# pretraining shards' (the same word2vec file). One search is shown (the step most windows show); the
+# verdict is the mean precision@5 over one search per step (a single query's score moves in steps of 0.2).
 run mft-train embed --checkpoint "$DEMO/runs/finetune/best.pt" --shards "$DEMO/yc2-val/video-level" \
     --vocab "$DEMO/shards" --out "$DEMO/index" --window 4 --stride 2
 QUERY=$(python -m mft_train.retrieval.synthetic_check query --index "$DEMO/index" --truth "$DEMO/corpus/synth_truth.json")

@@ -216,3 +216,18 @@ def test_html_page_has_a_keyframe_from_the_window_middle(setup: dict, tmp_path: 
     with_file = text.count(f"<code>{first_id}</code>")
     assert with_file >= 1 and text.count("data:image/jpeg;base64,") == with_file
     assert "hit video(s) not in" in capsys.readouterr().err
+
+
+def test_synthetic_truth_labels_a_window_by_the_step_covering_more_than_half() -> None:
+    from mft_train.retrieval.synthetic_check import precision, window_steps
+
+    truth = {"v": [{"step": 0, "start": 0.0, "end": 5.0}, {"step": 1, "start": 5.0, "end": 10.0}]}
+    starts, ends = np.array([0.0, 3.0, 4.0, 8.0, 0.0]), np.array([4.0, 7.0, 8.0, 12.0, 4.0])
+    ids = np.array(["v", "v", "v", "v", "other"])
+    shows = window_steps(ids, starts, ends, truth, steps=2)
+    # [0,4]: step 0 covers 4 of 4. [3,7]: 2 s each, exactly half: neither. [4,8]: step 1 covers 3 of 4.
+    # [8,12]: step 1 covers 2 of 4 (the video ends at 10): neither. Another video: nothing.
+    assert shows.tolist() == [[True, False], [False, False], [False, True], [False, False], [False, False]]
+    hits = [{"row": 2}, {"row": 0}, {"row": 1}, {"row": 2}, {"row": 4}]
+    assert precision(hits, None, shows, step=1, k=5) == pytest.approx(2 / 5)
+    assert precision(hits, None, shows, step=0, k=2) == pytest.approx(1 / 2)
