@@ -285,3 +285,86 @@ def test_kill_9_then_rerun_gives_the_clean_samples(corpus: dict, tmp_path: Path)
             elif field in clean:
                 np.testing.assert_array_equal(sample[field], clean[field], err_msg=field)
     assert not list(out.glob(".*tmp*")) and not [t for t in out.glob("*.tar") if not t.with_suffix(".json").exists()]
+
+
+def fifo_holders(fifo: Path) -> set[int]:
+    """Pids (other than this one) with `fifo` open: every process's fd links, read from /proc."""
+    target, found = os.path.realpath(fifo), set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) == target for fd in fd_dir.iterdir()):
+                found.add(int(fd_dir.parent.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found - {os.getpid()}
+
+
+def alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return False
+
+
+def test_a_hung_decode_is_killed_and_its_process_is_gone_while_the_run_goes_on(tmp_path: Path) -> None:
+    """Two FIFOs that never deliver a byte, then a good video, one decode at a time: each hung decode is
+    recorded as decode_timeout and the process that was decoding it is gone, the first one while the
+    second still hangs (so the timeout's kill ended it, not Ray's shutdown at the end of the run; a
+    decoder left hanging also holds a CPU slot, and with both slots held the run never ends)."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    fifos = [videos / "00hang.mp4", videos / "01hang.mp4"]  # sorted first: decoded first, in this order
+    held = []
+    for fifo in fifos:
+        os.mkfifo(fifo)
+        # Held open for writing (O_RDWR does not block on a FIFO): the decoder's open() returns and its
+        # reads wait forever, so the decoding process shows the FIFO among its fds in /proc.
+        held.append(os.open(fifo, os.O_RDWR))
+    rate = 44_100
+    tone = 0.3 * np.sin(2 * np.pi * 330 * np.arange(int(2.2 * rate)) / rate)
+    write_mp4(videos / "goodvideo01.mp4", gradient_frames(66, 120, 214), 30.0, tone, rate)
+    (tmp_path / "caption.json").write_text("{}")
+    out = tmp_path / "shards"
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "howto_prep.cli", "extract", "--videos", str(videos), "--captions",
+         str(tmp_path / "caption.json"), "--out", str(out), "--features", "logmel", "--workers", "1"],
+        cwd=REPO, env={**os.environ, "HOWTO_PREP_DECODE_TIMEOUT": "5"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    decoders: dict[Path, set[int]] = {fifo: set() for fifo in fifos}
+    gone_at: dict[int, float] = {}  # pid -> seconds into the run when it was first seen gone
+    try:
+        deadline = time.monotonic() + 150  # about 25 s when the hung decoders are killed
+        while process.poll() is None and time.monotonic() < deadline:
+            for fifo in fifos:
+                decoders[fifo] |= fifo_holders(fifo)
+            for pid in set().union(*decoders.values()) - set(gone_at):
+                if not alive(pid):
+                    gone_at[pid] = time.monotonic() - started
+            time.sleep(0.1)
+        ended = time.monotonic() - started
+        assert process.poll() is not None, \
+            f"the run never ended (hung decoders {set().union(*decoders.values()) - set(gone_at)} hold its CPU slots)"
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 0, stderr[-2000:]
+        failures = shards.read_failures(out)
+        assert {vid: rec["kind"] for vid, rec in failures.items()} == {"00hang": "decode_timeout",
+                                                                    "01hang": "decode_timeout"}
+        assert shards.finished_keys(out) == {"goodvideo01"}
+        assert all(decoders.values()), f"no process was seen decoding a FIFO: {decoders}"
+        # The second FIFO hangs for the full timeout after the first is dropped: a decoder killed at its
+        # timeout is gone seconds before the second; one left hanging dies with it when Ray shuts down.
+        (first,), (second,) = decoders[fifos[0]], decoders[fifos[1]]
+        assert gone_at.get(first, ended) < gone_at.get(second, ended) - 2, \
+            f"the first hung decoder (pid {first}) outlived its timeout: gone {gone_at.get(first)} s into the " \
+            f"run, the second {gone_at.get(second)} s, the run ended at {ended:.1f} s"
+        survivors = [pid for pids in decoders.values() for pid in pids if alive(pid)]
+        assert not survivors, f"hung decoder processes {survivors} outlived the run"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        for pid in set().union(*decoders.values()):  # never leave a hung decoder behind
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        for handle in held:
+            os.close(handle)

@@ -5,8 +5,7 @@ Two orders:
   starves), each video decoded without copying its arrays (`decode_sample_view`) and cut at once
   into its clips (`video_clip_block`), a shuffle buffer of those per-video clip blocks (a video's
   clips are much smaller than all of its features, so the buffer holds less memory), `with_epoch`
-  to bound each loader; a corrupted shard or sample is skipped with a warning (webdataset's
-  `warn_and_continue`).
+  to bound each loader; a corrupted shard or sample is skipped with a warning (`skip_with_warning`).
 - "fixed" (tests, debugging): every video once, in shard order; global batch i holds videos
   [i*B, (i+1)*B) and rank r takes its slice, so any world size sees the same global batches.
 Clip randomness comes from a generator seeded per (seed, epoch, segment, rank, worker) in "stream"
@@ -21,6 +20,7 @@ import math
 import random
 import re
 import tarfile
+import warnings
 import zlib
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
@@ -63,6 +63,17 @@ class LoaderPlan:
     pin_memory: bool | None = None
 
 
+def skip_with_warning(error: Exception) -> bool:
+    """Handler of the stream's stages: warn with the error (it names the shard or sample) and go on.
+
+    Like webdataset's warn_and_continue without its 0.5 s sleep: resampled shards meet a damaged
+    shard again and again, and each sleep would stall a loader worker. Python's warning filter shows
+    each distinct message once per process, so a damaged shard does not flood the log either.
+    """
+    warnings.warn(repr(error))
+    return True
+
+
 def _worker() -> tuple[int, int]:
     info = get_worker_info()
     return (info.id, info.num_workers) if info is not None else (0, 1)
@@ -98,9 +109,9 @@ class ClipBatches(IterableDataset):
         my_batches = len(range(worker, plan.num_batches, workers))
         pipeline = wds.DataPipeline(
             wds.ResampledShards(self.shards.urls, seed=seed, worker_seed=lambda: 0, deterministic=True),
-            tar_samples(handler=wds.warn_and_continue),
-            wds.map(decode_sample_view, handler=wds.warn_and_continue),
-            wds.map(lambda record: self._clips(record, rng), handler=wds.warn_and_continue),
+            tar_samples(handler=skip_with_warning),
+            wds.map(decode_sample_view, handler=skip_with_warning),
+            wds.map(lambda record: self._clips(record, rng), handler=skip_with_warning),
             wds.shuffle(plan.shuffle_buffer, initial=min(plan.shuffle_buffer, 100), rng=random.Random(seed)),
             wds.batched(plan.videos_per_rank, collation_fn=self._collate, partial=False),
         ).with_epoch(my_batches)
@@ -119,7 +130,7 @@ class ClipBatches(IterableDataset):
         groups: dict[int, list[dict]] = {b: [] for b in mine}
         source = wds.DataPipeline(
             wds.SimpleShardList(self.shards.urls),
-            tar_samples(handler=wds.warn_and_continue),
+            tar_samples(handler=skip_with_warning),
         )
         for position, sample in enumerate(source):
             batch, offset = divmod(position, per_global)
@@ -198,21 +209,49 @@ def decode_sample_view(sample: dict) -> DecodedSample:
 
     A HowTo100M video holds about 7 MB of features of which its clips use a small part, so copying
     them all (np.load) was one of the loader's largest costs. The views are read-only and live only
-    until the video's clips are cut (`video_clip_block` copies what it keeps).
+    until the video's clips are cut (`video_clip_block` copies what it keeps). Each array is checked
+    against the shard format (_member_view), so a damaged sample raises, never yields garbage.
     """
     meta = json.loads(sample[META_FIELD])
     captions = json.loads(sample[CAPTIONS_FIELD])
     return DecodedSample(
         video_id=str(meta.get("video_id", sample.get("__key__"))),
         duration=float(meta["duration"]),
-        resnet152=npy_view(sample[RESNET152.field]),
-        resnext101=npy_view(sample[RESNEXT101.field]),
-        logmel=npy_view(sample[LOGMEL.field]) if LOGMEL.field in sample else None,
+        resnet152=_member_view(sample, RESNET152.field),
+        resnext101=_member_view(sample, RESNEXT101.field),
+        logmel=_member_view(sample, LOGMEL.field) if LOGMEL.field in sample else None,
         caption_starts=np.asarray(captions["start"], np.float64),
         caption_ends=np.asarray(captions["end"], np.float64),
-        tokens=npy_view(sample[TOKENS_FIELD]),
-        token_offsets=npy_view(sample[TOKEN_OFFSETS_FIELD]),
+        tokens=_member_view(sample, TOKENS_FIELD),
+        token_offsets=_member_view(sample, TOKEN_OFFSETS_FIELD),
     )
+
+
+# Each .npy member's layout (shards/README.md): (dtype kinds, shape with None for any length).
+_MEMBER_LAYOUTS = {
+    RESNET152.field: ("f", (None, RESNET152.dim)),
+    RESNEXT101.field: ("f", (None, RESNEXT101.dim)),
+    LOGMEL.field: ("f", (LOGMEL.dim, None)),
+    TOKENS_FIELD: ("iu", (None,)),
+    TOKEN_OFFSETS_FIELD: ("iu", (None,)),
+}
+
+
+def _member_view(sample: dict, field: str) -> np.ndarray:
+    """npy_view of one member, checked against its layout; a missing, unreadable or foreign member
+    raises a ValueError naming the sample, the member and the shard (the stream warns with it and skips)."""
+    kinds, shape = _MEMBER_LAYOUTS[field]
+    try:
+        if field not in sample:
+            raise ValueError("member missing")
+        array = npy_view(sample[field])
+        if array.dtype.kind not in kinds or len(array.shape) != len(shape) or any(
+                want is not None and want != got for want, got in zip(shape, array.shape)):
+            raise ValueError(f"{array.dtype} {array.shape} is not the shard format's "
+                             f"{'float' if kinds == 'f' else 'integer'} ({', '.join(str(n or 'N') for n in shape)})")
+    except ValueError as err:
+        raise ValueError(f"sample {sample.get('__key__')} in {sample.get('__url__')}: {field}: {err}") from None
+    return array
 
 
 def _mix(*values: int) -> int:
