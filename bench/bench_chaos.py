@@ -15,6 +15,7 @@ order may differ). Prints what was injected and what was found.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import random
 import signal
@@ -57,12 +58,22 @@ def kill_group(process: subprocess.Popen) -> None:
 
 
 def holds_lock(args: list[str], pid: int) -> bool:
-    """True once the run `pid` holds its output's lock (a second run tried earlier would win the race)."""
+    """True while the run `pid` holds its output's lock: the file names it AND the flock is taken (the
+    text stays after the holder releases the lock on its way out, so the name alone is not proof)."""
     from howto_prep.output_lock import LOCK_NAME
 
     lock = Path(args[args.index("--out") + 1]) / LOCK_NAME
     try:
-        return f'"pid": {pid},' in lock.read_text()
+        with open(lock, "a+") as handle:
+            handle.seek(0)
+            if f'"pid": {pid},' not in handle.read():
+                return False
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return False
     except OSError:
         return False
 
@@ -75,9 +86,10 @@ def actor_pids() -> list[int]:
 def try_second_run(args: list[str], first: subprocess.Popen, log: dict) -> bool:
     """Start a second run on the same output while the first one holds its lock.
 
-    The first driver is frozen (SIGSTOP keeps its flock held) for the second run's lifetime: without
-    that, the first could finish between our look at the lock and the second run's flock, and the
-    second would rightly win the free lock and exit 0 (a race in this harness, not in the tool)."""
+    The first driver is frozen (SIGSTOP keeps its flock held) before we look at the lock and for the
+    second run's lifetime: without that, the first could release the lock (it does so before Ray's
+    shutdown, while its process lives on) between our look and the second run's flock, and the second
+    would rightly win the free lock and exit 0 (a race in this harness, not in the tool)."""
     os.kill(first.pid, signal.SIGSTOP)
     try:
         if first.poll() is not None or not holds_lock(args, first.pid):
