@@ -7,4 +7,5 @@
 - device: where a run executes, autocast, moving batches.  distributed: torchrun, gathers, SyncBatchNorm.
 - optim: Adam and the two learning-rate schedules.  checkpoints: checkpoint files and RNG state.
 - run_folder: config.yaml, metrics.jsonl and TensorBoard of a run.
+- preemption: SIGTERM / Ctrl-C become a stop after the current step, with a checkpoint (exit 130).
 """
