@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--heldout", type=positive_int, default=None,
                        help="held-out videos for YouCook2/MSR-VTT-style evaluation (default: videos // 3, at most 8)")
     synth.add_argument("--max-seconds", type=float, default=180.0, help="longest video (shortest: 10 s)")
+    synth.add_argument("--encoding", choices=["quick", "howto"], default="quick",
+                       help="quick: small ultrafast files for tests and the demo (default); howto: like HowTo100M's "
+                            "YouTube files (360p/720p, H.264 High with B-frames at 400-800 kbit/s, x264 medium, AAC), "
+                            "for decode benchmarks; slower to write")
     synth.set_defaults(handler="howto_prep.synthetic.command:run_synth")
 
     mirror = sub.add_parser("mirror", help="serve a video folder like the authors' mirror on 127.0.0.1")

@@ -20,7 +20,7 @@ from howto_prep.extract.annotations import load_msrvtt, load_youcook2
 from howto_prep.files import temp_sibling
 from howto_prep.synthetic.content import COLOURS, OOV_WORDS, STEPS
 from howto_prep.synthetic.corpus import CorpusInfo, generate_corpus, load_corpus
-from howto_prep.synthetic.plans import Segment, VideoPlan
+from howto_prep.synthetic.plans import Segment, VideoPlan, make_plans
 from howto_prep.synthetic.rendering import write_video
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{11}$")
@@ -304,3 +304,45 @@ def test_cli_max_seconds_and_heldout_bound_the_corpus(tmp_path):
     assert all(10 <= video["duration"] <= 12 for video in truth["videos"])
     bad = subprocess.run(command[:-1] + ["9"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "at least 10 s" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def encoded_stream(path: Path) -> dict:
+    """What a decoder sees in the file: codec, profile, size, frame types, video bitrate, audio codec."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        audio = container.streams.audio[0] if container.streams.audio else None
+        found = {"codec": video.codec_context.name, "profile": video.codec_context.profile,
+                 "size": (video.codec_context.width, video.codec_context.height),
+                 "audio": audio.codec_context.name if audio else None}
+        packets = [packet for packet in container.demux(video) if packet.size]
+        ticks = max(p.pts + p.duration for p in packets) - min(p.pts for p in packets)
+        found["bitrate"] = 8 * sum(p.size for p in packets) / float(ticks * video.time_base)
+    with av.open(str(path)) as container:
+        found["types"] = [int(frame.pict_type) for frame in container.decode(video=0)]
+    return found
+
+
+def test_howto_encoding_is_h264_high_with_b_frames_at_youtube_bitrates(tmp_path):
+    # The CLI flag end to end, on one 10 s video (the shortest the CLI makes; x264 medium, a few seconds)
+    out = tmp_path / "howto"
+    result = run_cli("synth", "--out", str(out), "--videos", "1", "--heldout", "0", "--max-seconds", "10",
+                     "--encoding", "howto")
+    assert result.returncode == 0, result.stderr[-1000:]
+    assert "howto encoding" in result.stdout
+    video = truth(load_corpus(out))["videos"][0]
+    assert 400_000 <= video["bitrate"] <= 800_000 and video["sample_rate"] in (44_100, 48_000)
+    assert (video["width"], video["height"]) in {(640, 360), (480, 360), (1280, 720)}
+    assert video["fps"] in (25.0, 29.97, 30.0)
+    found = encoded_stream(out / "videos" / f"{video['video_id']}.mp4")
+    assert (found["codec"], found["profile"], found["audio"]) == ("h264", "High", "aac")
+    assert found["size"] == (video["width"], video["height"])
+    b_frames = found["types"].count(int(av.video.frame.PictureType.B))
+    assert b_frames > len(found["types"]) / 3, found["types"][:40]  # x264 medium: up to 3 B-frames in a row
+    assert 0.75 * video["bitrate"] <= found["bitrate"] <= 1.25 * video["bitrate"], (found["bitrate"], video["bitrate"])
+    # The plans: mostly 360p, a few 720p, every video with audio; the quick encoding is untouched
+    plans = make_plans(np.random.default_rng(0), [f"v{i:010d}" for i in range(16)], 10, 10, encoding="howto")
+    sizes = [(plan.width, plan.height) for plan in plans]
+    assert sizes.count((1280, 720)) == 2 and all(plan.sample_rate for plan in plans)
+    assert all(plan.bitrate is None for plan in make_plans(np.random.default_rng(0), ["v0000000000"], 10, 10))
+    bad = run_cli("synth", "--out", str(tmp_path / "bad"), "--encoding", "youtube")
+    assert bad.returncode == 2 and "--encoding" in bad.stderr

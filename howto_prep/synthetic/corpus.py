@@ -44,7 +44,7 @@ from howto_prep.synthetic.benchmarks import msrvtt_clips, msrvtt_info, youcook2_
 from howto_prep.synthetic.content import TASKS
 from howto_prep.synthetic.metadata import README_MARK, csv_text, ground_truth, readme_text
 from howto_prep.synthetic.narration import narrate
-from howto_prep.synthetic.plans import VideoPlan, make_ids, make_plans
+from howto_prep.synthetic.plans import ENCODINGS, VideoPlan, make_ids, make_plans
 from howto_prep.synthetic.rendering import write_video
 from howto_prep.synthetic.word2vec import write_word2vec
 
@@ -152,10 +152,13 @@ def generate_corpus(
     min_seconds: float = 10,
     max_seconds: float = DEFAULT_MAX_SECONDS,
     workers: int | None = None,
+    encoding: str = "quick",
 ) -> CorpusInfo:
     """Write the corpus under `out` and return its paths; deterministic for `seed`.
 
     `workers`: encoding processes (default: 2 when there is a minute of video or more, else 1).
+    `encoding`: "quick" (small, x264 ultrafast: tests and the demo) or "howto" (HowTo100M-like files:
+    360p/720p H.264 High with B-frames at 400-800 kbit/s; for decode benchmarks; see synthetic.plans).
     Rerunning with the same arguments keeps the videos already written.
     """
     started = time.perf_counter()
@@ -166,6 +169,8 @@ def generate_corpus(
         raise UserError(f"--seed must be between 0 and 4294967295 (got {seed})")
     if heldout_videos < 0:
         raise UserError("heldout_videos must be >= 0")
+    if encoding not in ENCODINGS:
+        raise UserError(f"--encoding {encoding!r}: choose one of {', '.join(ENCODINGS)}")
     if not 2 <= min_seconds <= max_seconds:
         raise UserError(f"durations must satisfy 2 <= min_seconds <= max_seconds (got {min_seconds}, {max_seconds})")
     _prepare_out(out)
@@ -173,9 +178,10 @@ def generate_corpus(
 
     rng = np.random.default_rng([seed, 0])
     ids = make_ids(rng, videos + heldout_videos)
-    plans = make_plans(np.random.default_rng([seed, 1]), ids[:videos], min_seconds, max_seconds)
+    plans = make_plans(np.random.default_rng([seed, 1]), ids[:videos], min_seconds, max_seconds, encoding=encoding)
     heldout_max = min(max_seconds, max(min_seconds, HELDOUT_MAX_SECONDS))
-    heldout = make_plans(np.random.default_rng([seed, 3]), ids[videos:], min_seconds, heldout_max, first_index=1)
+    heldout = make_plans(np.random.default_rng([seed, 3]), ids[videos:], min_seconds, heldout_max, first_index=1,
+                         encoding=encoding)
     clips = msrvtt_clips(heldout, np.random.default_rng([seed, 4]))
 
     jobs = [(plan, str(out / "videos" / f"{plan.video_id}.mp4"), 0.0, None) for plan in plans]
@@ -185,6 +191,8 @@ def generate_corpus(
     # place only when complete); any other earlier corpus is replaced.
     parameters = {"generator": GENERATOR_VERSION, "seed": seed, "videos": videos, "heldout_videos": heldout_videos,
                   "min_seconds": float(min_seconds), "max_seconds": float(max_seconds)}
+    if encoding != "quick":  # absent for the quick encoding, so corpora written before the option stay valid
+        parameters["encoding"] = encoding
     stamp = out / PARAMETERS_FILE
     _clean_stale(out, {job[1] for job in jobs} if _same_parameters(stamp, parameters) else set())
     atomic_write_text(stamp, _json(parameters))
@@ -210,7 +218,7 @@ def generate_corpus(
     atomic_write_text(info.msrvtt_json, _json(msrvtt_info(clips, np.random.default_rng([seed, 6]))))
     atomic_write_text(info.msrvtt_test_list, "".join(f"{c.video_id}\n" for c in clips if c.split == "test"))
     atomic_write_text(info.truth, _json(ground_truth(plans, heldout, clips)))
-    atomic_write_text(out / "README.txt", readme_text(videos, heldout_videos, len(clips), seed))
+    atomic_write_text(out / "README.txt", readme_text(videos, heldout_videos, len(clips), seed, encoding))
     info = load_corpus(out)
     info.seconds = time.perf_counter() - started
     return info

@@ -30,6 +30,8 @@ def ground_truth(plans: list[VideoPlan], heldout: list[VideoPlan], clips: list[M
     """synth_truth.json: every video's format, task and step timeline (for checks, not for models)."""
     def video(plan: VideoPlan) -> dict:
         data = asdict(plan)
+        if data["bitrate"] is None:  # the quick encoding: the file looks as it did before encodings existed
+            del data["bitrate"]
         data["task_name"] = TASKS[plan.task].name
         data["segments"] = [{**asdict(s), "step_name": STEPS[s.step].name, "words": list(STEPS[s.step].words)}
                             for s in plan.segments]
@@ -46,14 +48,19 @@ def ground_truth(plans: list[VideoPlan], heldout: list[VideoPlan], clips: list[M
     }
 
 
-def readme_text(videos: int, heldout: int, clips: int, seed: int) -> str:
+def readme_text(videos: int, heldout: int, clips: int, seed: int, encoding: str = "quick") -> str:
+    if encoding == "howto":
+        formats = ("H.264 High + B-frames, 400-800 kbit/s, AAC; 360p (some 720p), 25/29.97/30 fps "
+                   "(--encoding howto)")
+    else:
+        formats = "H.264 + AAC (some without audio), 240p-360p, 24/25/29.97/30 fps"
     return f"""{README_MARK} (seed {seed}), written by `howto-prep synth`.
 
 HowTo100M_v1.csv     video_id,category_1,category_2,rank,task_id ({videos} videos)
 task_ids.csv         task_id<TAB>task name, no header ({len(TASKS)} tasks)
 caption.json         ASR-like captions {{id: {{"start", "end", "text"}}}}, seconds, sorted by start
 ids.txt              one video id per line
-videos/<id>.mp4      H.264 + AAC (some without audio), 240p-360p, 24/25/29.97/30 fps
+videos/<id>.mp4      {formats}
 word2vec.bin         word2vec, GoogleNews binary format, 300-d; some caption words are out of vocabulary
 synth_truth.json     generator ground truth (formats, step timelines); not for training
 heldout/videos/      {heldout} held-out videos; heldout/caption.json, heldout/ids.txt

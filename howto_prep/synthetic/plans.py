@@ -16,6 +16,17 @@ FRAME_RATES = (24.0, 25.0, 29.97, 30.0)
 AUDIO_FORMATS = ((16_000, 1), (44_100, 2), (48_000, 1), (44_100, 1), (48_000, 2), (16_000, 2))
 NO_AUDIO_EVERY = 8  # one video in eight has no audio stream (index % 8 == 2)
 
+# Encodings of the corpus (`howto-prep synth --encoding`):
+#   quick  the formats above, x264 ultrafast at crf 28: cheap to write and decode (tests, demo)
+#   howto  like HowTo100M's YouTube files: 640x360 and 480x360 (one in eight 1280x720), 25/29.97/30 fps,
+#          H.264 High profile with B-frames at 400-800 kbit/s (x264 medium), AAC 44.1/48 kHz stereo on every
+#          video, and pictures that need those bits (texture, a slowly drifting camera, sensor grain)
+ENCODINGS = ("quick", "howto")
+HOWTO_RESOLUTIONS = ((640, 360), (480, 360), (640, 360), (480, 360), (640, 360), (1280, 720), (640, 360), (480, 360))
+HOWTO_FRAME_RATES = (25.0, 29.97, 30.0, 29.97)
+HOWTO_AUDIO_FORMATS = ((44_100, 2), (44_100, 2), (48_000, 2))
+HOWTO_KBITS = {360: (400, 800), 720: (800, 800)}  # video bitrate range (kbit/s) by frame height
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -45,6 +56,7 @@ class VideoPlan:
     pan: float  # -1 left .. 1 right (stereo only)
     rank: int
     noise_seed: int
+    bitrate: int | None = None  # video bit/s of the `howto` encoding; None: the quick crf encoding
 
 
 def make_ids(rng: np.random.Generator, count: int) -> list[str]:
@@ -113,18 +125,27 @@ def _segments(rng: np.random.Generator, task: Task, duration: float) -> tuple[Se
 
 
 def make_plans(
-    rng: np.random.Generator, ids: list[str], min_seconds: float, max_seconds: float, first_index: int = 0
+    rng: np.random.Generator, ids: list[str], min_seconds: float, max_seconds: float, first_index: int = 0,
+    encoding: str = "quick",
 ) -> list[VideoPlan]:
-    """Plans for `ids`; formats cycle so that any 4+ videos include 29.97 fps and 3+ an audio-less one."""
+    """Plans for `ids`; formats cycle so that any 4+ videos include 29.97 fps and (quick encoding) 3+ an
+    audio-less one; the `howto` encoding uses HowTo100M-like formats and bitrates (see ENCODINGS)."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown encoding {encoding!r} (one of {', '.join(ENCODINGS)})")
+    howto = encoding == "howto"
     count = len(ids)
-    resolutions = _cycled(rng, RESOLUTIONS, count)
-    rates = _cycled(rng, FRAME_RATES, count)
-    audio = _cycled(rng, AUDIO_FORMATS, count)
+    resolutions = _cycled(rng, HOWTO_RESOLUTIONS if howto else RESOLUTIONS, count)
+    rates = _cycled(rng, HOWTO_FRAME_RATES if howto else FRAME_RATES, count)
+    audio = _cycled(rng, HOWTO_AUDIO_FORMATS if howto else AUDIO_FORMATS, count)
     durations = _durations(rng, count, min_seconds, max_seconds)
     plans = []
     for i, video_id in enumerate(ids):
         task = TASKS[int(rng.integers(len(TASKS)))] if i >= len(TASKS) else TASKS[(i + first_index) % len(TASKS)]
-        has_audio = (i + first_index) % NO_AUDIO_EVERY != 2
+        has_audio = howto or (i + first_index) % NO_AUDIO_EVERY != 2
+        bitrate = None
+        if howto:
+            low, high = HOWTO_KBITS[360 if resolutions[i][1] <= 360 else 720]
+            bitrate = int(rng.integers(low, high + 1)) * 1000
         top = tuple(int(v) for v in rng.integers(0, 90, 3))
         bottom = tuple(int(v) for v in rng.integers(0, 90, 3))
         clutter = tuple(
@@ -138,6 +159,6 @@ def make_plans(
             sample_rate=audio[i][0] if has_audio else None, channels=audio[i][1] if has_audio else 0,
             segments=_segments(rng, task, durations[i]), background=(top, bottom), clutter=clutter,
             sprite_scale=float(rng.uniform(0.9, 1.1)), pan=float(rng.uniform(-0.6, 0.6)),
-            rank=int(rng.integers(1, 150)), noise_seed=int(rng.integers(2**31)),
+            rank=int(rng.integers(1, 150)), noise_seed=int(rng.integers(2**31)), bitrate=bitrate,
         ))
     return plans

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from howto_prep.synthetic.mp4 import write_mp4
+from howto_prep.synthetic.mp4 import howto_encoding, write_mp4
 from howto_prep.synthetic.content import COLOURS, STEPS
 from howto_prep.synthetic.plans import Segment, VideoPlan
 
@@ -21,6 +21,12 @@ SPRITE_FRACTION = 0.42  # sprite side as a fraction of the frame height
 AMPLITUDE = 0.25
 BACKGROUND_NOISE = 0.01
 FADE_SECONDS = 0.02
+# The `howto` encoding's look (plans with a bitrate): footage that needs 400-800 kbit/s, as real video does
+PAN_PIXELS = 32  # the camera drifts left and right over this many pixels
+PAN_PERIOD_S = 16.0
+TEXTURE_LEVELS = 14.0  # std of the static texture (grey levels), half coarse (2x2 blocks), half fine
+GRAIN_LEVELS = 6  # sensor grain: uniform 0..6 added per frame, from a small bank of noise frames
+GRAIN_FRAMES = 7
 
 
 @lru_cache(maxsize=64)
@@ -43,9 +49,10 @@ def shape_mask(shape: str, size: int) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def background(plan: VideoPlan) -> np.ndarray:
-    """Vertical gradient between two dark colours, plus a few static dull rectangles."""
-    height, width = plan.height, plan.width
+def background(plan: VideoPlan, width: int | None = None) -> np.ndarray:
+    """Vertical gradient between two dark colours, plus a few static dull rectangles (`width`: wider
+    than the frame, for a panning camera)."""
+    height, width = plan.height, width or plan.width
     top, bottom = (np.array(colour, dtype=np.float32) for colour in plan.background)
     ramp = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
     column = (top * (1 - ramp) + bottom * ramp).astype(np.uint8)  # (H, 3)
@@ -92,15 +99,36 @@ def sprite(shape: str, colour: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     return keep, paint
 
 
+def textured_background(plan: VideoPlan) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The `howto` look: the background PAN_PIXELS wider with a static texture, levels kept <= 255 -
+    GRAIN_LEVELS, and a bank of grain frames (uint8 0..GRAIN_LEVELS) added one per frame."""
+    rng = np.random.default_rng([plan.noise_seed, 7])
+    height, width = plan.height, plan.width + PAN_PIXELS
+    base = background(plan, width).astype(np.float32)
+    coarse = rng.standard_normal(((height + 1) // 2, (width + 1) // 2, 3), dtype=np.float32)
+    coarse = np.repeat(np.repeat(coarse, 2, axis=0), 2, axis=1)[:height, :width]
+    fine = rng.standard_normal((height, width, 3), dtype=np.float32)
+    base += (TEXTURE_LEVELS / np.sqrt(2)) * (coarse + fine)
+    textured = np.clip(base, 0, 255 - GRAIN_LEVELS).astype(np.uint8)
+    grain = [rng.integers(0, GRAIN_LEVELS + 1, (plan.height, plan.width, 3), dtype=np.uint8)
+             for _ in range(GRAIN_FRAMES)]
+    return textured, grain
+
+
 def frames(plan: VideoPlan, start: float = 0.0, end: float | None = None) -> Iterator[np.ndarray]:
     """RGB uint8 frames of the plan from `start` to `end` seconds (the whole video by default)."""
     end = plan.duration if end is None else end
-    base = background(plan)
+    howto = plan.bitrate is not None
+    base, grain = textured_background(plan) if howto else (background(plan), [])
     size = int(round(SPRITE_FRACTION * plan.height * plan.sprite_scale))
     count = int(round((end - start) * plan.fps))
     for i in range(count):
         t = start + i / plan.fps
-        frame = base.copy()
+        if howto:  # the camera drifts; the grain changes every frame
+            shift = int(round(PAN_PIXELS / 2 * (1 - np.cos(2 * np.pi * t / PAN_PERIOD_S))))
+            frame = base[:, shift:shift + plan.width] + grain[(int(round(t * plan.fps))) % GRAIN_FRAMES]
+        else:
+            frame = base.copy()
         segment = segment_at(plan, t)
         if segment is not None:
             step = STEPS[segment.step]
@@ -166,4 +194,5 @@ def write_video(plan: VideoPlan, path: Path, start: float = 0.0, end: float | No
         first = int(round(start * plan.sample_rate))
         last = sound.shape[1] if end is None else int(round(end * plan.sample_rate))
         sound = sound[:, first:last]
-    return write_mp4(path, frames(plan, start, end), plan.fps, sound, plan.sample_rate or 44_100)
+    encoding = howto_encoding(plan.bitrate) if plan.bitrate is not None else None
+    return write_mp4(path, frames(plan, start, end), plan.fps, sound, plan.sample_rate or 44_100, encoding=encoding)
