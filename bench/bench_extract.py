@@ -10,7 +10,7 @@ Both sides use the same videos, the same models (random weights) and the same fe
             and size into ONE float32 array, then run the model over it (plain NCHW layout, batch
             64 frames / 8 clips); audio decoded again.
 Each (method, video) runs in a fresh process, which reports its extraction time (models already
-built) and its peak RSS. Printed: video-seconds per second, peak RSS, and ours/baseline ratios.
+built) and its peak RSS (its own VmHWM). Printed: video-seconds per second, peak RSS, and ours/baseline ratios.
 
     python bench/bench_extract.py [--short 10] [--long 40] [--size 320x180] [--device cpu|cuda]
 """
@@ -55,6 +55,10 @@ def make_video(path: Path, seconds: float, width: int, height: int, fps: float =
 
 
 def peak_rss_mib() -> float:
+    """VmHWM of this process: its own peak RSS (ru_maxrss can carry the forking parent's peak across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -60,9 +60,9 @@ def plan_from_args(args: argparse.Namespace) -> ExtractPlan:
     if clip_annotations is None and args.captions is None:
         raise UserError("--captions caption.json is required (or --youcook2/--msrvtt/--clips for a clip-level set)")
     if schema.RESNET152.name in features:
-        check_weights(args.weights_2d, "--weights-2d", ("imagenet", "random"))
+        check_model_weights(args.weights_2d, "--weights-2d", ("imagenet", "random"))
     if schema.RESNEXT101.name in features:
-        check_weights(args.weights_3d, "--weights-3d", ("random",))
+        check_model_weights(args.weights_3d, "--weights-3d", ("random",))
     if args.word2vec is None and (clip_annotations is not None or schema.TOKENS_FEATURE in features):
         raise UserError("--word2vec FILE.bin is required to tokenise captions (or leave tokens out of --features)")
     if args.word2vec is not None and not Path(args.word2vec).is_file():
@@ -72,6 +72,16 @@ def plan_from_args(args: argparse.Namespace) -> ExtractPlan:
                        gpus=args.gpus, workers=args.workers, shard_size=args.shard_size, prefix=args.prefix,
                        address=args.address, retry_failed=args.retry_failed, limit=args.limit,
                        clip_annotations=clip_annotations)
+
+
+def check_model_weights(spec: str, option: str, named: tuple[str, ...]) -> None:
+    """A named choice or an existing file; `bench-zero` (benchmarks only) also needs its environment key."""
+    from howto_prep.features.standin import is_standin, require_bench_only
+
+    if is_standin(spec):
+        require_bench_only(option)
+        return
+    check_weights(spec, option, named)
 
 
 def read_clip_annotations(args: argparse.Namespace) -> ClipAnnotations | None:

@@ -16,8 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from howto_prep import schema
-from howto_prep.decode import (DEFAULT_CHUNK_SECONDS, FrameChunk, MediaError, iterate_chunks, open_video,
-                               probe, read_audio)
+from howto_prep.decode import DEFAULT_CHUNK_SECONDS, FrameChunk, MediaError, iterate_chunks, open_video, probe
 
 STARTED = "started"
 ACTOR_RESTARTS = 3  # restarts of one model actor (crashed or hung) before the run stops as a system fault
@@ -26,13 +25,14 @@ LOGMEL_INFO = {"model": "AVLnet log-mel (40 mel, 25 ms Hamming, 10 ms hop, power
 
 
 def decode_stream(path: str, want_1fps: bool, want_24fps: bool, want_logmel: bool,
-                  chunk_seconds: int = DEFAULT_CHUNK_SECONDS) -> Iterator[dict | FrameChunk]:
+                  chunk_seconds: int = DEFAULT_CHUNK_SECONDS, decoder_threads: int = 0) -> Iterator[dict | FrameChunk]:
     """STARTED, then the header dict, then the frame chunks; MediaError for an unusable file.
 
     STARTED tells the driver the task is running, so worker start-up never counts as a hung decode.
+    `decoder_threads`: H.264 decoder threads (0: FFmpeg's choice, cores + 1); see run.decoder_threads.
     """
     yield STARTED
-    reader = open_video(Path(path))
+    reader = open_video(Path(path), num_threads=decoder_threads)
     info = probe(reader)
     header: dict[str, Any] = {"info": info.as_dict(), "logmel": None, "missing": {}, "audio_sample_rate": None}
     if want_logmel:
@@ -43,7 +43,11 @@ def decode_stream(path: str, want_1fps: bool, want_24fps: bool, want_logmel: boo
 
 
 def audio_header(path: Path) -> dict[str, Any]:
-    """Log-mel of the whole soundtrack (its dB reference is the video's maximum), or why it is missing."""
+    """Log-mel of the whole soundtrack (its dB reference is the video's maximum), or why it is missing.
+
+    The soundtrack comes from features.audio (PyAV; the same samples as decode.read_audio's decord) and
+    the log-mel from numpy, so a decode worker never imports torch or decord (about 900 MB each)."""
+    from howto_prep.features.audio import read_audio
     from howto_prep.features.logmel import logmel
 
     try:
@@ -67,12 +71,18 @@ class FeatureModels:
 
         if threads:
             torch.set_num_threads(threads)
+        from howto_prep.features.standin import ZeroFeatures, is_standin
+
         self.models: dict[str, Any] = {}
-        if schema.RESNET152.name in names:
+        if schema.RESNET152.name in names and is_standin(weights_2d):  # benchmarks only (features.standin)
+            self.models[schema.RESNET152.name] = ZeroFeatures(schema.RESNET152, "--weights-2d")
+        elif schema.RESNET152.name in names:
             from howto_prep.features.resnet2d import ResNet152Features
 
             self.models[schema.RESNET152.name] = ResNet152Features(weights=weights_2d, device=device)
-        if schema.RESNEXT101.name in names:
+        if schema.RESNEXT101.name in names and is_standin(weights_3d):
+            self.models[schema.RESNEXT101.name] = ZeroFeatures(schema.RESNEXT101, "--weights-3d")
+        elif schema.RESNEXT101.name in names:
             from howto_prep.features.resnext3d import ResNeXt101Features
 
             self.models[schema.RESNEXT101.name] = ResNeXt101Features(weights=weights_3d, device=device)

@@ -39,9 +39,11 @@ def run_work(plan: ExtractPlan, todo: list[tuple[str, Path]], writer: ShardWrite
     ready = time.perf_counter()
     written, video_seconds, notes = 0, 0.0, 0
     max_videos = plan.workers or max(1, int(_ray_cpus()) - plan.gpus)
+    threads = decoder_threads(_ray_cpus(), max_videos, len(todo))
     timeout_s = float(os.environ.get("HOWTO_PREP_DECODE_TIMEOUT", DEFAULT_TIMEOUT_S))
     actor_timeout_s = float(os.environ.get("HOWTO_PREP_ACTOR_TIMEOUT", DEFAULT_TIMEOUT_S))
-    outcomes = run_pipeline(todo, decode, actors, max_videos=max_videos, max_chunks=2 * len(actors) + 1,
+    outcomes = run_pipeline(todo, lambda path: decode(path, threads), actors, max_videos=max_videos,
+                            max_chunks=2 * len(actors) + 1,
                             timeout_s=timeout_s, actor_timeout_s=actor_timeout_s, actor_restarts=ACTOR_RESTARTS)
     storm = FailureStorm()
     with tqdm(total=len(todo), unit="video", desc="extract", file=sys.stderr) as bar, writer:
@@ -79,8 +81,20 @@ def run_work(plan: ExtractPlan, todo: list[tuple[str, Path]], writer: ShardWrite
     return notes
 
 
-def start_ray(plan: ExtractPlan) -> tuple[list, dict[str, dict], Callable[[str], Any]]:
-    """Start (or join) Ray, the model actors and the decode task; return (actors, feature info, decode)."""
+MAX_DECODER_THREADS = 16  # FFmpeg's own cap for automatic threads
+
+
+def decoder_threads(cpus: float, max_videos: int, videos: int) -> int:
+    """H.264 decoder threads per decode task: 1 while the tasks fill the CPU slots (one decoder per core;
+    FFmpeg's automatic frame threads cost about 6% more CPU per video-second there:
+    bench/bench_decode_limit.py), else the spare cores split between the videos (one long video)."""
+    running = max(1, min(max_videos, videos))
+    return max(1, min(MAX_DECODER_THREADS, int(cpus) // running))
+
+
+def start_ray(plan: ExtractPlan) -> tuple[list, dict[str, dict], Callable[..., Any]]:
+    """Start (or join) Ray, the model actors and the decode task; return (actors, feature info, decode),
+    where decode(path, decoder_threads=0) starts a video's decode stream."""
     import ray
 
     from howto_prep.cluster import init_ray, task_failure
@@ -105,7 +119,8 @@ def start_ray(plan: ExtractPlan) -> tuple[list, dict[str, dict], Callable[[str],
     task = remote_decode(MAX_CALLS, STREAM_BACKPRESSURE)
     want_1, want_24 = plan.wants(schema.RESNET152.name), plan.wants(schema.RESNEXT101.name)
     want_audio = plan.wants(schema.LOGMEL.name)
-    return actors, feature_info, lambda path: task.remote(path, want_1, want_24, want_audio)
+    return actors, feature_info, lambda path, threads=0: task.remote(path, want_1, want_24, want_audio,
+                                                                     decoder_threads=threads)
 
 
 def _ray_cpus() -> float:
