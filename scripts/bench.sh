@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark prints a table with a baseline measured in the same run.
 # Not tests: numbers depend on the machine. Pass BENCH=name to run one (download, extract, extract_pipeline,
-# long_video, decode, train, mcn_kmeans, mcn_vs_eao, search, fused).
+# long_video, decode, decode_limit, train, mcn_kmeans, mcn_vs_eao, search, fused).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV=0
@@ -15,8 +15,9 @@ bench() {
 bench download --videos 32 --seconds 2
 bench extract --short 10 --long 40
 bench extract_pipeline --videos 4 --seconds 20 --size 320x180
-bench long_video --seconds 600 --size 320x180
+bench long_video
 bench decode --seconds 30
+bench decode_limit --videos 32 --seconds 30
 bench train
 bench mcn_kmeans
 bench mcn_vs_eao --steps 60

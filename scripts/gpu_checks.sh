@@ -35,16 +35,19 @@ if [ "$QUICK" = 1 ]; then
     STEPS=3; TRAIN=(--steps 2 --batches 2 --workers 0 --skip-paper-loader)
     FUSED=(--fixture-shards --videos 1 --steps 1 --warmup 1); KMEANS=(--rows 2048 --dim 256 --k 16 --device cpu)
     LOADER=(--paper-loader-only --long-videos 8 --paper-workers 0 1 --paper-batches 2 --paper-videos 4)
+    LIMIT=(--videos 2 --seconds 4 --gpus 0 --models standin)
 else
     EXTRACT=(--short 10 --long 60 --size 640x360 --device cuda); PIPE=(--videos 16 --seconds 60 --size 640x360 --gpus 1)
     STEPS=40; TRAIN=(--steps 5 --batches 10 --workers 0 --gpu-steps 5 --skip-paper-loader)
     FUSED=(--no-cpu --gpu --gpu-clips 560 --gpu-steps 6 --compile); KMEANS=(--paper --device cuda)
     LOADER=(--paper-loader-only --paper-workers 0 1 4 8 12 --paper-batches 24)
+    LIMIT=(--videos 64 --seconds 30 --gpus 1 --models standin,random)  # issue 14: decode limit vs the whole command
 fi
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
 stage bench_extract 150 "$PY" bench/bench_extract.py "${EXTRACT[@]}"
 stage bench_extract_pipeline 180 "$PY" bench/bench_extract_pipeline.py "${PIPE[@]}"
+stage decode_limit 540 "$PY" bench/bench_decode_limit.py "${LIMIT[@]}"
 stage train_cli 100 "$PY" - "$(mktemp -d)" "$STEPS" <<'PYEOF'
 """pretrain EAO and MCN (device auto: cuda + bf16 AMP when present), then evaluate, via the CLIs."""
 import sys, time
