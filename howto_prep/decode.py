@@ -208,12 +208,21 @@ def exact_output_count(source: VideoSource, fps: float) -> int:
 
 
 class Scaler:
-    """libavfilter `scale=W:H,format=rgb24` on single frames: the reference chain's own scaler."""
+    """libavfilter `scale=W:H,format=rgb24` on single frames: the reference chain's own scaler.
+
+    One graph per output size, built once per video and fed every chosen frame. It runs on one thread:
+    with FFmpeg's default (a thread per core) swscale splits each small frame into row slices for a
+    thread pool, the same pixels (slices only split the output rows) for more CPU per frame (5-10% on
+    2 cores; 16 threads, a 16-core box's default, cost 25-35% more than one: bench/bench_scale_paths.py).
+    Nearly all the rest is swscale's own work (YUV 4:2:0 -> RGB24 with bicubic scaling runs its C output
+    path, with full chroma for the odd 3D widths such as 199 and 149), not the graph's push/pull or
+    to_ndarray (~0.005 ms a frame)."""
 
     def __init__(self, stream, width: int, height: int) -> None:
         import av
 
         self.graph = av.filter.Graph()
+        self.graph.threads = 1  # before any filter is added
         source = self.graph.add_buffer(template=stream)
         scale = self.graph.add("scale", f"{width}:{height}")
         to_rgb = self.graph.add("format", "rgb24")
