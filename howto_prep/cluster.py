@@ -16,6 +16,9 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Every task result we wait for is read and classified; what is never read is the rest of a run we
+    # stopped on purpose (a system fault), whose errors Ray would print as tracebacks after our one line.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False,
                               "log_to_driver": True, "logging_level": "ERROR"}
     if address:

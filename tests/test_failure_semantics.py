@@ -175,13 +175,14 @@ def test_verify_passes_a_whole_set_and_names_each_damaged_shard(tmp_path: Path):
 # A system fault is never a video's fault ---------------------------------------------------------
 
 def test_a_broken_library_stops_extract_without_blaming_any_video(tmp_path: Path, synth_corpus):
-    """decord shadowed by a package whose native library does not load (as a wheel built against
-    another FFmpeg): every video's audio decode fails, the run stops with exit 5 and one line, no
-    video is recorded as failed, and the rerun with a working library needs no --retry-failed."""
+    """PyAV (the decode task's decoder, frames and soundtrack) shadowed by a package whose native
+    library does not load (as a wheel built against another FFmpeg): every video's decode fails, the
+    run stops with exit 5 and one line, no video is recorded as failed, and the rerun with a working
+    library needs no --retry-failed."""
     broken = tmp_path / "broken"
-    (broken / "decord").mkdir(parents=True)
-    (broken / "decord" / "__init__.py").write_text(
-        "raise ImportError('libdecord.so: undefined symbol: avcodec_send_packet_v2')\n")
+    (broken / "av").mkdir(parents=True)
+    (broken / "av" / "__init__.py").write_text(
+        "raise ImportError('libavcodec.so.61: undefined symbol: avcodec_send_packet_v2')\n")
     videos = tmp_path / "videos"
     videos.mkdir()
     chosen = [p for p in sorted(synth_corpus.videos_dir.rglob("*.mp4")) if p.stem not in synth_corpus.no_audio_ids][:2]
