@@ -419,7 +419,7 @@ def test_sigterm_checkpoints_inside_a_stretch_and_resume_continues_with_the_same
         time.sleep(0.005)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == ExitCode.INTERRUPTED, stderr[-3000:]
-    assert "Traceback" not in stderr and "stopped by SIGTERM after step" in stderr
+    assert "Traceback" not in stderr and "stopped: SIGTERM after step" in stderr
     stopped_at = len(logged_losses(split))
     assert 3 <= stopped_at < steps  # inside the stretch, not at a checkpoint step
     state = torch.load(split / "checkpoints" / f"step-{stopped_at:09d}.pt", map_location="cpu", weights_only=True)

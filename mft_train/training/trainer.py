@@ -221,7 +221,7 @@ class Trainer:
         if self.dist.enabled:
             dist.barrier()  # no rank exits (and makes torchrun kill the others) before the checkpoint is written
         result.last_step, result.checkpoint = self.step, path
-        raise Interrupted(f"stopped by {self.stop.signal_name} after step {self.step}; checkpoint {path} written: "
+        raise Interrupted(f"{self.stop.signal_name} after step {self.step}; checkpoint {path} written: "
                           "rerun with --resume to continue with the same batches")
 
     def _run_stretch(self, end: int, result: TrainResult, logger: RunLogger) -> bool:
