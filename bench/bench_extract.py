@@ -129,15 +129,25 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
             round(height * scale / 2) * 2 if height > width else short_side)
 
 
-def pyav_frames(path: Path, fps: float, short_side: int, crop: bool) -> np.ndarray:
-    """The whole video at `fps`, scaled by libswscale (like ffmpeg fps -> scale), as ONE float32 array."""
+def pyav_frames(path: Path, fps: float, short_side: int, crop: bool, truncated_size: bool = False,
+                interpolation: str | None = None) -> np.ndarray:
+    """The whole video at `fps`, scaled by libswscale (like ffmpeg fps -> scale), as ONE float32 array.
+
+    truncated_size: the long side truncated as the reference computes it (howto_prep.decode.scaled_size)
+    instead of rounded to even; interpolation: PyAV's swscale interpolation (None: PyAV's default)."""
     import av
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # what the ffmpeg command line does by default
-        size = scaled_size(stream.codec_context.width, stream.codec_context.height, short_side)
-        picked = [f.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
+        if truncated_size:
+            from howto_prep.decode import scaled_size as reference_size
+
+            size = reference_size(stream.codec_context.width, stream.codec_context.height, short_side)
+        else:
+            size = scaled_size(stream.codec_context.width, stream.codec_context.height, short_side)
+        picked = [f.reformat(width=size[0], height=size[1], format="rgb24",
+                             interpolation=interpolation).to_ndarray()
                   for f in fps_filter(container.decode(video=0), fps)]
     video = np.stack(picked).astype(np.float32)  # the reference's whole-video float buffer
     del picked

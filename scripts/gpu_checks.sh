@@ -46,7 +46,7 @@ fi
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
 stage bench_extract 150 "$PY" bench/bench_extract.py "${EXTRACT[@]}"
-stage bench_extract_pipeline 180 "$PY" bench/bench_extract_pipeline.py "${PIPE[@]}"
+stage bench_extract_pipeline 240 "$PY" bench/bench_extract_pipeline.py "${PIPE[@]}"
 stage decode_limit 540 "$PY" bench/bench_decode_limit.py "${LIMIT[@]}"
 stage train_cli 100 "$PY" - "$(mktemp -d)" "$STEPS" <<'PYEOF'
 """pretrain EAO and MCN (device auto: cuda + bf16 AMP when present), then evaluate, via the CLIs."""
