@@ -125,3 +125,66 @@ def test_a_nan_loss_stops_every_rank_with_one_line(tmp_path):
         assert "the loss became nan at step 1 (every rank stops here)" in text, text[-3000:]
         assert "Traceback" not in text, text[-3000:]
     assert not (tmp_path / "ddp" / "checkpoints" / "step-000000001.pt").exists()  # NaN weights are not saved
+
+
+def rank_pids(parent: int) -> dict[int, int]:
+    """{rank: pid} of torchrun's worker processes (read from their environment)."""
+    found = {}
+    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        try:
+            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ranks = [item.split(b"=", 1)[1] for item in environ if item.startswith(b"RANK=")]
+        if ranks:
+            found[int(ranks[0])] = int(child)
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """Only rank 0 gets SIGTERM: the stop rides the step's all_reduce, so both ranks stop after the same
+    step, one checkpoint is written there, and neither rank is left waiting in a collective."""
+    import signal
+    import time
+
+    shards = tmp_path / "shards"
+    write_shard_set(shards, videos=8, shards=2, topics=2)
+    logs, out = tmp_path / "logs", tmp_path / "ddp"
+    settings = [item for item in SETTINGS if not item.startswith(("train.steps_per_epoch", "train.checkpoint_every"))]
+    settings += ["train.steps_per_epoch=40", "train.checkpoint_every=100"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "--log-dir", str(logs), "--redirects", "2", str(Path(global_batchnorm.__file__)), "pretrain",
+               "--shards", str(shards), "--out", str(out), "--config", "eao_small"]
+    command += [arg for item in settings for arg in ("--set", item)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    signalled = False
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+                pids = rank_pids(proc.pid)
+                if 0 in pids:
+                    os.kill(pids[0], signal.SIGTERM)
+                    signalled = True
+                    break
+            time.sleep(0.01)
+        _, stderr = proc.communicate(timeout=120)  # a rank left waiting in a collective: never ends
+    finally:
+        if proc.poll() is None:
+            for pid in rank_pids(proc.pid).values():
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+    assert signalled, stderr[-3000:]
+    assert proc.returncode != 0
+    rank_logs = {log.parent.name: log.read_text() for log in logs.rglob("stderr.log")}
+    assert sorted(rank_logs) == ["0", "1"], stderr[-3000:]
+    assert "stopped: SIGTERM after step" in rank_logs["0"], rank_logs["0"][-3000:]
+    assert "stopped: a stop request on another rank after step" in rank_logs["1"], rank_logs["1"][-3000:]
+    steps = {rank: int(text.split(" after step ")[1].split(";")[0]) for rank, text in rank_logs.items()}
+    assert steps["0"] == steps["1"] < 40
+    assert all("Traceback" not in text for text in rank_logs.values())
+    assert (out / "checkpoints" / f"step-{steps['0']:09d}.pt").is_file()

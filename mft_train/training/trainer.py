@@ -116,6 +116,7 @@ class Trainer:
         self.step = 0
         self.data_origin = 0  # the step the current stretch's loader started at (a stop may fall inside it)
         self.stop = StopRequest()
+        self.stop_agreed = False  # the last step's stop decision, the same on every rank
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
@@ -206,7 +207,7 @@ class Trainer:
                         ran = self.step - max(epoch_start, result.first_step)
                         scalars = self.hooks.after_epoch(self, epoch_end // self.steps_per_epoch, result.losses[len(result.losses) - ran:])
                         logger.scalars(scalars, self.step)
-                    if self.stop.requested and self.step < stop:
+                    if self.stop_agreed and self.step < stop:  # agreed at the stretch's last step
                         self._stop_here(result)
         finally:
             logger.close()
@@ -221,7 +222,8 @@ class Trainer:
         if self.dist.enabled:
             dist.barrier()  # no rank exits (and makes torchrun kill the others) before the checkpoint is written
         result.last_step, result.checkpoint = self.step, path
-        raise Interrupted(f"{self.stop.signal_name} after step {self.step}; checkpoint {path} written: "
+        why = self.stop.signal_name or "a stop request on another rank"
+        raise Interrupted(f"{why} after step {self.step}; checkpoint {path} written: "
                           "rerun with --resume to continue with the same batches")
 
     def _run_stretch(self, end: int, result: TrainResult, logger: RunLogger) -> bool:
@@ -233,7 +235,7 @@ class Trainer:
         batches = itertools.islice(self.source.batches(origin, end - origin), self.step - origin, None)
         tick = time.perf_counter()
         for batch in batches:
-            loss, parts, stop = self.train_step(batch)
+            loss, parts, self.stop_agreed = self.train_step(batch)
             lr = self.optimizer.param_groups[0]["lr"]
             self.step += 1
             if not math.isfinite(loss):
@@ -247,7 +249,7 @@ class Trainer:
             result.losses.append(loss)
             result.terms.append(parts)
             logger.log(self.step, loss, parts, lr, clips_per_s)
-            if stop and self.step < end:
+            if self.stop_agreed and self.step < end:
                 return False
         if self.step != end:
             raise RuntimeError(f"the data loader ended after step {self.step}, expected {end}")
