@@ -45,8 +45,20 @@ def run(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess
 
 
 def start(args: list[str], env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(command_line(*args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, env={**os.environ, **(env or {})})
+    """The command in its own session; stderr to an unnamed temporary file (a pipe read only after the
+    exit could fill up with progress bars and Ray logs and block the driver)."""
+    log = tempfile.TemporaryFile(mode="w+")
+    process = subprocess.Popen(command_line(*args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, text=True,
+                               start_new_session=True, env={**os.environ, **(env or {})})
+    process.stderr_log = log  # Popen.stderr is set only for a pipe
+    return process
+
+
+def stderr_tail(process: subprocess.Popen) -> str:
+    """The last 2,000 characters the process (started by `start`) wrote to stderr."""
+    log = process.stderr_log
+    log.seek(0)
+    return log.read()[-2000:]
 
 
 def kill_group(process: subprocess.Popen) -> None:
@@ -126,7 +138,7 @@ def chaotic(args: list[str], kills: int, rng: random.Random, log: dict, kill_act
             continue
         process.wait()
         if process.returncode not in (0, None):
-            raise SystemExit(f"{args[0]} ended with {process.returncode}: {process.stderr.read()[-2000:]}")
+            raise SystemExit(f"{args[0]} ended with {process.returncode}: {stderr_tail(process)}")
         if process.returncode == 0:
             break
     final = run(args)  # whatever is left (a no-op when the last attempt finished)

@@ -100,22 +100,18 @@ class Stepper:
             self.forward = model
 
     def step(self, batch: dict) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
-        with autocast_context(self.device, self.amp):
-            out = self.forward(batch)
-        loss, _ = combinatorial_loss({k: v.float() if v.is_floating_point() else v for k, v in out.items()},
-                                     PAPER_PRETRAIN_WEIGHTS)
-        loss.backward()
+        loss = self.forward_backward(batch)
         self.optimizer.step()
         return float(loss.detach())
 
-    def forward_backward(self, batch: dict) -> None:
+    def forward_backward(self, batch: dict) -> torch.Tensor:
         self.model.zero_grad(set_to_none=True)
         with autocast_context(self.device, self.amp):
             out = self.forward(batch)
         loss, _ = combinatorial_loss({k: v.float() if v.is_floating_point() else v for k, v in out.items()},
                                      PAPER_PRETRAIN_WEIGHTS)
         loss.backward()
+        return loss
 
 
 def timed(fn, device: torch.device) -> float:

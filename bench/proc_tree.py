@@ -155,9 +155,6 @@ class TreeSampler:
         scale = (end - start) / max(inside[-1][0] - inside[0][0], 1e-9)
         return {role: scale * (last[role] - first.get(role, 0.0)) for role in last}
 
-    def total_cpu(self) -> float:
-        return sum(self.cpu.values())
-
     def hwm_mib_by_role(self, default: str = "other") -> dict[str, float]:
         """Each role's largest own VmHWM (MiB)."""
         peaks: dict[str, float] = {}

@@ -7,7 +7,9 @@ Reusable by any test: `write_shard_set(tmp_path / "shards", videos=12)`.
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 from typing import Callable
 
@@ -142,3 +144,15 @@ def add_corrupt_shard(root: Path, index: int, count: int = 3) -> Path:
     listing["shardlist"].append({"url": name, "nsamples": count})
     index_path.write_text(json.dumps(listing))
     return root / name
+
+
+def rewrite_member(tar: Path, name: str, data: bytes) -> None:
+    """The tar again, member for member, with `name`'s bytes replaced: a valid tar, one bad member."""
+    with tarfile.open(tar) as archive:
+        members = [(member, archive.extractfile(member).read()) for member in archive]
+    assert name in [member.name for member, _ in members]
+    with tarfile.open(tar, "w") as archive:
+        for member, payload in members:
+            if member.name == name:
+                payload, member.size = data, len(data)
+            archive.addfile(member, io.BytesIO(payload))

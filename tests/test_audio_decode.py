@@ -95,7 +95,8 @@ def test_log_mel_blocks_equal_the_whole_soundtrack_buffer_bit_for_bit(length):
 
     signal = np.random.default_rng(length).standard_normal(length).astype(np.float32) + 0.1
     whole = emphasised_and_padded(signal)
-    for start, stop in [(0, len(whole)), (0, 7), (150, 650), (len(whole) - 450, len(whole)), (199, 203)]:
+    middle = [(1_000, 40_000)] if length > 40_000 else []  # no reflection: the span of the signal itself
+    for start, stop in [(0, len(whole)), (0, 7), (150, 650), (len(whole) - 450, len(whole)), (199, 203)] + middle:
         start, stop = max(0, start), min(stop, len(whole))
         np.testing.assert_array_equal(padded_block(signal, start, stop), whole[start:stop])
     power = np.random.default_rng(1).random((40, 300)) ** 8

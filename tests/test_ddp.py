@@ -16,7 +16,7 @@ from mft_train.presets import load_config
 from mft_train.training import distributed
 from mft_train.training.distributed import DistInfo
 from mft_train.training.pretrain import train
-from shard_fixtures import write_shard_set
+from shard_fixtures import rewrite_member, write_shard_set
 
 SETTINGS = [
     "model.width=32", "model.heads=2", "model.embed_dim=32",
@@ -80,26 +80,17 @@ def poison_video(shards: Path, video_id: str) -> None:
     import tarfile
 
     import numpy as np
-    import webdataset as wds
 
     from howto_prep import schema
+    from howto_prep.shards import npy_bytes
 
+    name = f"{video_id}.{schema.RESNET152.field}"
     for tar in sorted(shards.glob("*.tar")):
-        with tarfile.open(tar) as source:
-            members = [(m.name, source.extractfile(m).read()) for m in source.getmembers()]
-        if not any(name.startswith(video_id + ".") for name, _ in members):
-            continue
-        samples: dict[str, dict[str, bytes]] = {}
-        for name, data in members:
-            key, field = name.split(".", 1)
-            samples.setdefault(key, {"__key__": key})[field] = data
-        features = np.load(io.BytesIO(samples[video_id][schema.RESNET152.field]))
-        buffer = io.BytesIO()
-        np.save(buffer, np.full_like(features, np.nan))
-        samples[video_id][schema.RESNET152.field] = buffer.getvalue()
-        with wds.TarWriter(str(tar)) as sink:
-            for sample in samples.values():
-                sink.write(sample)
+        with tarfile.open(tar) as archive:
+            if name not in archive.getnames():
+                continue
+            features = np.load(io.BytesIO(archive.extractfile(name).read()))
+        rewrite_member(tar, name, npy_bytes(np.full_like(features, np.nan)))
         return
     raise AssertionError(f"{video_id} is in no shard")
 

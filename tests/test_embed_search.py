@@ -229,5 +229,5 @@ def test_synthetic_truth_labels_a_window_by_the_step_covering_more_than_half() -
     # [8,12]: step 1 covers 2 of 4 (the video ends at 10): neither. Another video: nothing.
     assert shows.tolist() == [[True, False], [False, False], [False, True], [False, False], [False, False]]
     hits = [{"row": 2}, {"row": 0}, {"row": 1}, {"row": 2}, {"row": 4}]
-    assert precision(hits, None, shows, step=1, k=5) == pytest.approx(2 / 5)
-    assert precision(hits, None, shows, step=0, k=2) == pytest.approx(1 / 2)
+    assert precision(hits, shows, step=1, k=5) == pytest.approx(2 / 5)
+    assert precision(hits, shows, step=0, k=2) == pytest.approx(1 / 2)

@@ -9,7 +9,6 @@ Only order "stream" (training) promises to skip damaged data (mft_train/data/str
 
 from __future__ import annotations
 
-import io
 import tarfile
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from howto_prep.shards import npy_bytes
 from mft_train.data.clips import ClipSpec
 from mft_train.data.shards import DecodedSample, WordTable, decode_sample, discover_shards
 from mft_train.data.stream import LoaderPlan, make_loader
-from shard_fixtures import write_shard_set
+from shard_fixtures import rewrite_member, write_shard_set
 
 SPEC = ClipSpec()
 PLAN = LoaderPlan(videos_per_rank=2, clips_per_video=2, num_batches=4, seed=0, epoch=0, first_step=0,
@@ -86,18 +85,6 @@ def check_stream(root: Path, videos: dict[str, DecodedSample], batches: list[dic
         assert len(batch["video_id"]) == PLAN.videos_per_rank * PLAN.clips_per_video
         assert set(batch["video_id"]) <= expected_ids, "a damaged (or lost) video reached a batch"
         assert_each_clip_holds_its_videos_data(batch, videos, words)
-
-
-def rewrite_member(tar: Path, name: str, data: bytes) -> None:
-    """The tar again, member for member, with `name`'s bytes replaced: a valid tar, one bad member."""
-    with tarfile.open(tar) as archive:
-        members = [(member, archive.extractfile(member).read()) for member in archive]
-    assert name in [member.name for member, _ in members]
-    with tarfile.open(tar, "w") as archive:
-        for member, payload in members:
-            if member.name == name:
-                payload, member.size = data, len(data)
-            archive.addfile(member, io.BytesIO(payload))
 
 
 def test_a_tar_cut_short_inside_a_member_is_skipped_with_a_warning(shard_set, recwarn):

@@ -38,8 +38,9 @@ def run_work(plan: ExtractPlan, todo: list[tuple[str, Path]], writer: ShardWrite
     actors, feature_info, decode = start_ray(plan)
     ready = time.perf_counter()
     written, video_seconds, notes = 0, 0.0, 0
-    max_videos = plan.workers or max(1, int(_ray_cpus()) - plan.gpus)
-    threads = decoder_threads(_ray_cpus(), max_videos, len(todo))
+    cpus = _ray_cpus()
+    max_videos = plan.workers or max(1, int(cpus) - plan.gpus)
+    threads = decoder_threads(cpus, max_videos, len(todo))
     timeout_s = float(os.environ.get("HOWTO_PREP_DECODE_TIMEOUT", DEFAULT_TIMEOUT_S))
     actor_timeout_s = float(os.environ.get("HOWTO_PREP_ACTOR_TIMEOUT", DEFAULT_TIMEOUT_S))
     outcomes = run_pipeline(todo, lambda path: decode(path, threads), actors, max_videos=max_videos,

@@ -99,10 +99,17 @@ def padded_block(signal: np.ndarray, start: int, stop: int, mean: float | None =
     samples it needs), without the whole-soundtrack buffer: a 2,000 s soundtrack keeps 128 MB less.
     Needs len(signal) > N_FFT // 2 (one reflection); `mean`: signal.mean(dtype=float64), if known."""
     pad, count = N_FFT // 2, len(signal)
+    if start >= pad and stop - pad <= count:  # every block but the first and last: no reflection
+        return _emphasised_span(signal, start - pad, stop - pad, mean)
     positions = np.arange(start, stop) - pad  # index into the emphasised signal, before reflection
     positions = np.where(positions < 0, -positions, positions)
     positions = np.where(positions >= count, 2 * count - 2 - positions, positions)
     low, high = int(positions.min()), int(positions.max()) + 1
+    return _emphasised_span(signal, low, high, mean)[positions - low]
+
+
+def _emphasised_span(signal: np.ndarray, low: int, high: int, mean: float | None) -> np.ndarray:
+    """Samples [low, high) of the DC-removed, pre-emphasised signal (before padding), in float32."""
     mean = signal.mean(dtype=np.float64) if mean is None else mean
     middle = np.empty(high - low, dtype=np.float32)
     if low == 0:
@@ -115,7 +122,7 @@ def padded_block(signal: np.ndarray, start: int, stop: int, mean: float | None =
     middle -= np.float32((1.0 - PRE_EMPHASIS) * mean)
     if low == 0:
         middle[0] -= np.float32(PRE_EMPHASIS * mean)
-    return middle[positions - low]
+    return middle
 
 
 def pre_emphasis(signal: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -45,7 +45,6 @@ class ZeroFeatures:
 
     def __init__(self, spec: schema.FeatureSpec, option: str) -> None:
         require_bench_only(option)  # again in the actor: the driver's check is not the only key
-        self.spec = spec
         self.dim = spec.dim
         self.frames_per_row = schema.CLIP_LEN_3D if spec.name == schema.RESNEXT101.name else 1
         self.info = {"model": MODEL_NAME, "weights": STANDIN, "weights_sha256": None, "rate": spec.rate,

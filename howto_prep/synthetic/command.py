@@ -21,13 +21,13 @@ def run_synth(args: argparse.Namespace) -> int:
     if max_seconds < 10:
         raise UserError(f"--max-seconds {max_seconds:g}: videos are at least 10 s long")
     info = generate_corpus(args.out, videos=args.videos, seed=args.seed, heldout_videos=heldout,
-                           max_seconds=max_seconds, encoding=getattr(args, "encoding", "quick"))
+                           max_seconds=max_seconds, encoding=args.encoding)
     truth = json.loads(info.truth.read_text())
     hours = sum(video["duration"] for video in truth["videos"]) / 3600
     held_hours = sum(video["duration"] for video in truth["heldout"]) / 3600
     files = sum(1 for path in info.root.rglob("*") if path.is_file())
     print(f"synthetic corpus in {info.root}: {len(info.video_ids)} videos ({hours:.2f} h, "
-          f"{getattr(args, 'encoding', 'quick')} encoding), "
+          f"{args.encoding} encoding), "
           f"{len(info.heldout_ids)} held-out ({held_hours:.2f} h), {len(info.msrvtt_ids)} MSR-VTT clips, "
           f"{len(info.no_audio_ids)} without audio; {files} files in {info.seconds:.1f} s")
     return 0

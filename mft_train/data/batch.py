@@ -20,14 +20,9 @@ from mft_train.data.shards import DecodedSample, WordTable
 BOOKKEEPING_KEYS = ("video_id", "clip_id", "clip_index")
 
 
-def collate(videos: list[list[dict]], words: WordTable, max_words: int, audio_pad_value: float,
-            half_features: bool = False) -> dict:
-    """Per-video clip lists -> the batch dict; padded word slots are zeros, padded audio frames `audio_pad_value`.
-
-    half_features: video and audio as float16, the shards' own precision (audio exactly; video rows
-    are the float32-renormalised unit rows rounded to float16), so half the bytes cross to the GPU
-    and the model widens them there. Text stays float32 (the vocabulary's precision).
-    """
+def collate(videos: list[list[dict]], words: WordTable, max_words: int, audio_pad_value: float) -> dict:
+    """Per-video clip lists -> the float32 batch dict; padded word slots are zeros, padded audio frames
+    `audio_pad_value`. (The training stream collates with collate_blocks, float16 on a GPU.)"""
     clips = [clip for video in videos for clip in video]
     count = len(clips)
     text = np.zeros((count, max_words, WORD_DIM), np.float32)
@@ -38,10 +33,9 @@ def collate(videos: list[list[dict]], words: WordTable, max_words: int, audio_pa
         text_mask[i, :words_in_clip] = True
     audio_mask = np.stack([clip["audio_mask"] for clip in clips])
     pad = np.float32(audio_pad_value)
-    video_dtype, feature_dtype = feature_dtypes(audio_pad_value, half_features)
     # Filled in place: one pass per clip that also converts, instead of stack + where + astype.
-    video = np.empty((count, *clips[0]["video"].shape), video_dtype)
-    audio = np.empty((count, *clips[0]["audio"].shape), feature_dtype)
+    video = np.empty((count, *clips[0]["video"].shape), np.float32)
+    audio = np.empty((count, *clips[0]["audio"].shape), np.float32)
     for i, clip in enumerate(clips):
         video[i] = clip["video"]
         audio[i] = clip["audio"]

@@ -33,6 +33,7 @@ from howto_prep.errors import UserError
 from mft_train.config import RunConfig
 from mft_train.data.shards import DecodedSample, ShardSet, WordTable, decode_sample, discover_shards
 from mft_train.evaluation.evaluate import model_from_checkpoint
+from mft_train.interop.safe_load import load_weights_only
 from mft_train.presets import apply_override
 from mft_train.retrieval import index_store, vectors
 from mft_train.retrieval.fingerprint import fingerprint
@@ -64,7 +65,7 @@ def pretraining_clip(state: dict, config: RunConfig) -> tuple[float, int, int]:
     init = state.get("init")
     if init:
         try:
-            init_state = torch.load(init, map_location="cpu", weights_only=True, mmap=True)
+            init_state = load_weights_only(Path(init))  # memory-mapped: only its config is read
             data = RunConfig.from_dict(init_state["config"], where=str(init)).data
         except Exception:  # moved or unreadable: fall back to the paper's pretraining preset
             from mft_train.presets import MODEL_PRESETS, load_config

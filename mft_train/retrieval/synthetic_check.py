@@ -79,7 +79,7 @@ def chosen_step(shows: np.ndarray, steps: list[dict], vocabulary: set[str]) -> i
     raise UserError("no step shown in the index has a narration word in the index's vocabulary")
 
 
-def precision(hits: list[dict], table: index_store.WindowTable, shows: np.ndarray, step: int, k: int) -> float:
+def precision(hits: list[dict], shows: np.ndarray, step: int, k: int) -> float:
     return sum(bool(shows[hit["row"], step]) for hit in hits[:k]) / k
 
 
@@ -121,13 +121,13 @@ def run_score(args: argparse.Namespace) -> int:
         mark = "yes" if shows[hit["row"], step] else "no"
         print(f"  {hit['rank']:>2}. {hit['video_id']} {hit['start']:6.1f}-{hit['end']:6.1f} s  score {hit['score']:.3f}  "
               f"shows {', '.join(shown) or '(no single step)'}: {mark}")
-    p_at_k, chance = precision(hits, table, shows, step, k), shows[:, step].mean()
+    p_at_k, chance = precision(hits, shows, step, k), shows[:, step].mean()
     print(f"this query: precision@{k} {p_at_k:.2f} vs chance {chance:.2f} ({int(shows[:, step].sum())} of {len(table)} "
           f"windows show {name!r}): {'above' if p_at_k > chance else 'not above'} chance")
     if args.all_steps:
         # One query's precision@5 moves in steps of 0.2 and depends on which step was asked for; the
         # verdict is the mean over one query per step, same model, same index.
-        p_at_k, chance, count = all_steps(Path(args.index), manifest, table, shows, steps, k)
+        p_at_k, chance, count = all_steps(Path(args.index), manifest, shows, steps, k)
         print(f"one query per step, all {count} steps shown in the index: mean precision@{k} {p_at_k:.2f} "
               f"vs mean chance {chance:.2f}")
     verdict = "beats" if p_at_k > chance else "does not beat"
@@ -136,8 +136,7 @@ def run_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def all_steps(index: Path, manifest: dict, table: index_store.WindowTable, shows: np.ndarray, steps: list[dict],
-              k: int) -> tuple[float, float, int]:
+def all_steps(index: Path, manifest: dict, shows: np.ndarray, steps: list[dict], k: int) -> tuple[float, float, int]:
     """Mean precision@k and mean chance over every step that some window shows, one search each."""
     from mft_train.retrieval.query import QueryEncoder
     from mft_train.retrieval.search import Searcher
@@ -153,7 +152,7 @@ def all_steps(index: Path, manifest: dict, table: index_store.WindowTable, shows
         except UserError:  # none of its words in the vocabulary: it cannot be searched for
             continue
         hits = searcher.search(embedding, k)
-        scores.append(precision(hits, table, shows, step["index"], k))
+        scores.append(precision(hits, shows, step["index"], k))
         chances.append(shows[:, step["index"]].mean())
     if not scores:
         raise UserError("no step's words are in the index's vocabulary")
