@@ -6,11 +6,13 @@ over several rounds (CPU time of this process, all threads included), and checks
 reference graph (libavfilter's defaults) pixel for pixel:
   graph (auto threads)   the filter graph with FFmpeg's default thread count (decode.py before)
   graph threads=16       the same graph with 16 threads (FFmpeg's default on a 16-core box)
-  graph threads=1        the same graph with one thread (decode.Scaler now)
+  graph threads=1        the same graph with one thread (decode.Scaler of the previous stop)
+  planar gbrp threads=1  odd output widths (full chroma): `scale=W:H,format=gbrp`, planes interleaved in numpy
   two-step (yuv422p)     even output widths: scale in YUV 4:2:2 then convert to RGB (accurate_rnd, bitexact);
                          identical for untagged yuv420p, NOT for bt709-tagged or full-range sources, so unused
-  decode.Scaler          what decode.py uses
-Then the whole frame pass (`decode.iterate_chunks`, 1 fps + 24 fps) with the old and the new Scaler.
+  decode.Scaler          what decode.py uses (planar gbrp where swscale works in full chroma, else rgb24)
+Then the whole frame pass (`decode.iterate_chunks`, 1 fps + 24 fps) with the scalers of the last two
+stops and today's decode.Scaler.
 
     python bench/bench_scale_paths.py [--seconds 10] [--rounds 5] [--corpus DIR]
 """
@@ -46,14 +48,26 @@ def graph(stream, specs, threads=None):
 
 
 class OldScaler:
-    """decode.Scaler before: one graph `scale=W:H,format=rgb24`, FFmpeg's automatic thread count."""
+    """decode.Scaler two stops ago: one graph `scale=W:H,format=rgb24`, FFmpeg's automatic thread count."""
+
+    threads: int | None = None
 
     def __init__(self, stream, width, height):
-        self.graph = graph(stream, [("scale", f"{width}:{height}"), ("format", "rgb24")])
+        self.graph = graph(stream, [("scale", f"{width}:{height}"), ("format", "rgb24")], self.threads)
 
-    def __call__(self, frame):
+    def __call__(self, frame, crop=None):
         self.graph.push(frame)
-        return self.graph.pull().to_ndarray()
+        image = self.graph.pull().to_ndarray()
+        if crop is not None:
+            x, y, w, h = crop
+            image = image[y:y + h, x:x + w]
+        return np.ascontiguousarray(image)
+
+
+class OneThreadScaler(OldScaler):
+    """decode.Scaler of the previous stop: the rgb24 graph on one thread."""
+
+    threads = 1
 
 
 def main() -> None:
@@ -85,6 +99,9 @@ def main() -> None:
                                 "graph threads=16": lambda f, g=graph(stream, plain, 16): (g.push(f), g.pull().to_ndarray())[1],
                                 "graph threads=1": lambda f, g=graph(stream, plain, 1): (g.push(f), g.pull().to_ndarray())[1],
                                 "decode.Scaler": decode.Scaler(stream, w, h)}
+                    if w % 2:
+                        planar = [("scale", f"{w}:{h}"), ("format", "gbrp")]
+                        variants["planar gbrp threads=1"] = lambda f, g=graph(stream, planar, 1): (g.push(f), g.pull().to_ndarray())[1]
                     if w % 2 == 0:
                         two = [("scale", f"{w}:{h}:flags=bicubic+accurate_rnd"), ("format", "yuv422p"),
                                ("scale", "flags=bicubic+accurate_rnd+bitexact"), ("format", "rgb24")]
@@ -106,10 +123,12 @@ def main() -> None:
         if args.corpus:
             paths = sorted(args.corpus.rglob("*.mp4"))
         new_scaler = decode.Scaler
-        totals = {"before (old Scaler)": [], "after (decode.Scaler)": []}
+        scalers = {"rgb24, auto threads (two stops ago)": OldScaler, "rgb24, 1 thread (last stop)": OneThreadScaler,
+                   "decode.Scaler (now)": new_scaler}
+        totals = {name: [] for name in scalers}
         seconds = 0.0
         for round_ in range(args.rounds):
-            for name, cls in (("before (old Scaler)", OldScaler), ("after (decode.Scaler)", new_scaler)):
+            for name, cls in scalers.items():
                 decode.Scaler = cls
                 spent = 0.0
                 for path in paths:
@@ -119,14 +138,14 @@ def main() -> None:
                     for _ in decode.iterate_chunks(source, info):
                         pass
                     spent += time.process_time() - started
-                    if round_ == 0 and name.startswith("before"):
+                    if round_ == 0 and cls is OldScaler:
                         seconds += info.duration
                 totals[name].append(spent)
         decode.Scaler = new_scaler
         print(f"\nframe pass (decode + choice + scale, 1 thread), {len(paths)} videos, {seconds:g} video-s, "
               f"CPU ms per video-second (min / median of {args.rounds}):")
         for name, times in totals.items():
-            print(f"  {name:22s} {1000 * min(times) / seconds:.1f} / {1000 * sorted(times)[len(times) // 2] / seconds:.1f}")
+            print(f"  {name:36s} {1000 * min(times) / seconds:.1f} / {1000 * sorted(times)[len(times) // 2] / seconds:.1f}")
     print(f"load average {os.getloadavg()}")
 
 

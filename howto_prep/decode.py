@@ -85,6 +85,7 @@ class VideoSource:
     width: int
     height: int
     threads: int = 0  # decoder threads; 0 = FFmpeg's choice
+    every_packet_timed: bool = True  # every packet had a pts (frames can be matched to their index)
 
 
 def import_decord():
@@ -159,21 +160,24 @@ def open_video(path: Path, num_threads: int = 0) -> VideoSource:
                 raise MediaError(FailureKind.NO_VIDEO, f"cannot decode {path.name}: cannot find video stream")
             stream = container.streams.video[0]
             width, height = int(stream.codec_context.width), int(stream.codec_context.height)
-            pts, durations = packet_times(container, stream)
+            pts, durations, every_packet_timed = packet_times(container, stream)
             time_base = Fraction(stream.time_base)
     except av.error.FFmpegError as err:
         raise MediaError(FailureKind.BAD_MEDIA, f"cannot decode {path.name}: {' '.join(str(err).split())[:500]}") from None
     if len(pts) == 0 or width <= 0 or height <= 0:
         raise MediaError(FailureKind.BAD_MEDIA, f"cannot decode {path.name}: no video frames")
-    return VideoSource(path, pts, durations, time_base, width, height, num_threads)
+    return VideoSource(path, pts, durations, time_base, width, height, num_threads, every_packet_timed)
 
 
-def packet_times(container, stream) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted presentation timestamps and durations of the stream's frames (from its packets)."""
+def packet_times(container, stream) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Sorted presentation timestamps and durations of the stream's frames (from its packets), and
+    whether every packet carried its own pts."""
     stamps: list[tuple[int, int]] = []
+    every_packet_timed = True
     for packet in container.demux(stream):
         if packet.size == 0:  # the demuxer's end-of-stream marker
             continue
+        every_packet_timed = every_packet_timed and packet.pts is not None
         stamp = packet.pts if packet.pts is not None else packet.dts
         if stamp is not None:
             stamps.append((int(stamp), int(packet.duration or 0)))
@@ -185,7 +189,7 @@ def packet_times(container, stream) -> tuple[np.ndarray, np.ndarray]:
     if missing.any():  # no packet duration: the gap to the next frame (the last one repeats the previous)
         fallback = np.r_[gaps, gaps[-1] if len(gaps) else 1]
         durations[missing] = np.maximum(fallback[missing], 1)
-    return array[:, 0].copy(), durations
+    return array[:, 0].copy(), durations, every_packet_timed
 
 
 def probe(source: VideoSource) -> VideoInfo:
@@ -207,34 +211,63 @@ def exact_output_count(source: VideoSource, fps: float) -> int:
     return int((2 * total.numerator + total.denominator) // (2 * total.denominator))
 
 
+def swscale_full_chroma(source_format, width: int) -> bool:
+    """Whether swscale converts this source to packed RGB of this width with full chroma interpolation.
+
+    swscale forces it for an odd output width and for sources whose chroma is not subsampled
+    (libswscale's context setup); the packed rgb24 output then runs its plain-C full-chroma writer."""
+    import av
+
+    fmt = av.VideoFormat(source_format) if isinstance(source_format, str) else source_format
+    probe_w, probe_h = 64, 64
+    return bool(width % 2 or (fmt.chroma_width(probe_w) == probe_w and fmt.chroma_height(probe_h) == probe_h))
+
+
 class Scaler:
     """libavfilter `scale=W:H,format=rgb24` on single frames: the reference chain's own scaler.
 
-    One graph per output size, built once per video and fed every chosen frame. It runs on one thread:
-    with FFmpeg's default (a thread per core) swscale splits each small frame into row slices for a
-    thread pool, the same pixels (slices only split the output rows) for more CPU per frame (5-10% on
-    2 cores; 16 threads, a 16-core box's default, cost 25-35% more than one: bench/bench_scale_paths.py).
-    Nearly all the rest is swscale's own work (YUV 4:2:0 -> RGB24 with bicubic scaling runs its C output
-    path, with full chroma for the odd 3D widths such as 199 and 149), not the graph's push/pull or
-    to_ndarray (~0.005 ms a frame)."""
+    One graph per output size, built once per video and fed every chosen frame. Where swscale works in
+    full chroma (the odd 3D widths such as 199 and 149, or 4:4:4 sources), the graph asks for planar
+    RGB (`gbrp`) instead: the same full-chroma arithmetic per pixel, so the same bytes (tested against
+    `rgb24` on every source layout the tests make), written by swscale's SIMD planar writer rather than
+    its plain-C packed one: 0.24 instead of 0.55 ms per 640x360 -> 199x112 frame, the largest cost of the
+    frame pass after H.264 decoding (bench/bench_scale_paths.py). For even widths with subsampled chroma
+    (the 2D frames) rgb24 takes a different chroma path, so those keep `rgb24`.
+    It runs on one thread: with FFmpeg's default (a thread per core) swscale splits each small frame into
+    row slices for a thread pool, the same pixels for more CPU per frame (5-10% on 2 cores; 16 threads, a
+    16-core box's default, cost 25-35% more than one)."""
 
     def __init__(self, stream, width: int, height: int) -> None:
         import av
 
+        self.planar = swscale_full_chroma(stream.codec_context.format, width)
         self.graph = av.filter.Graph()
         self.graph.threads = 1  # before any filter is added
         source = self.graph.add_buffer(template=stream)
         scale = self.graph.add("scale", f"{width}:{height}")
-        to_rgb = self.graph.add("format", "rgb24")
+        to_rgb = self.graph.add("format", "gbrp" if self.planar else "rgb24")
         sink = self.graph.add("buffersink")
         source.link_to(scale)
         scale.link_to(to_rgb)
         to_rgb.link_to(sink)
         self.graph.configure()
 
-    def __call__(self, frame) -> np.ndarray:
+    def __call__(self, frame, crop: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """The scaled frame as (h, w, 3) uint8 RGB, optionally only the window (x, y, w, h), contiguous."""
         self.graph.push(frame)
-        return self.graph.pull().to_ndarray()
+        out = self.graph.pull()
+        if not self.planar:
+            image = out.to_ndarray()
+            if crop is not None:
+                x, y, w, h = crop
+                image = image[y:y + h, x:x + w]
+            return np.ascontiguousarray(image)
+        x, y, w, h = crop if crop is not None else (0, 0, out.width, out.height)
+        image = np.empty((h, w, 3), dtype=np.uint8)
+        for channel, plane in zip((1, 2, 0), out.planes):  # gbrp holds G, B, R planes
+            rows = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)
+            image[:, :, channel] = rows[y:y + h, x:x + w]
+        return image
 
 
 @dataclass
@@ -253,11 +286,8 @@ class _Track:
         """Scale `frame` once if any output shows it (or an earlier frame the decoder skipped)."""
         if self.done >= len(self.picks) or int(self.picks[self.done]) > position:
             return
-        image = self.scaler(frame)
-        if self.crop is not None:
-            x, y = self.crop
-            image = image[y:y + schema.SIZE_3D, x:x + schema.SIZE_3D]
-        self.last = np.ascontiguousarray(image)
+        window = None if self.crop is None else (*self.crop, schema.SIZE_3D, schema.SIZE_3D)
+        self.last = self.scaler(frame, window)
         while self.done < len(self.picks) and int(self.picks[self.done]) <= position:
             self.gathered.append(self.last)
             self.done += 1
@@ -296,7 +326,7 @@ def iterate_chunks(source: VideoSource, info: VideoInfo, want_1fps: bool = True,
             tracks = make_tracks(source, stream, want_1fps, want_24fps, per_1, per_24)
             chunk_index = 0
             position = -1
-            for frame in container.decode(stream):
+            for frame in decode_shown_frames(container, stream, source, tracks):
                 position = frame_position(source, frame, position)
                 for track in tracks.values():
                     track.offer(frame, position)
@@ -310,6 +340,34 @@ def iterate_chunks(source: VideoSource, info: VideoInfo, want_1fps: bool = True,
     while any(track.gathered for track in tracks.values()):
         yield chunk_of(chunk_index, tracks, final=True)
         chunk_index += 1
+
+
+def decode_shown_frames(container, stream, source: VideoSource, tracks: dict[str, "_Track"]) -> Iterator:
+    """Decode the stream, skipping the frames no output shows where that cannot change any other frame.
+
+    A frame that no track picks and that no other frame references (H.264 nal_ref_idc = 0, most
+    B-frames) is not decoded: FFmpeg's `skip_frame=NONREF`, switched per packet. Every other frame is
+    decoded exactly as before, so the pixels do not change (tests/test_reference_chain.py at 24-60 fps).
+    At 29.97/30 fps a sixth of the frames is never shown at 24 fps, and about half of those are
+    non-reference: ~7 % less H.264 work (bench/bench_decode_limit.py); at 50/60 fps much more. Only
+    for files whose packets all carry a pts (a frame is matched to its index by its pts)."""
+    context = stream.codec_context
+    if not source.every_packet_timed:
+        yield from container.decode(stream)
+        return
+    shown = np.zeros(len(source.pts), dtype=bool)
+    for track in tracks.values():
+        shown[track.picks] = True
+    skipping = False
+    for packet in container.demux(stream):
+        skip = False  # the end-of-stream packet (no pts) drains the decoder as usual
+        if packet.pts is not None:
+            index = int(np.searchsorted(source.pts, packet.pts))
+            skip = not (index < len(shown) and source.pts[index] == packet.pts and shown[index])
+        if skip != skipping:  # the decoder reads it when this packet is sent
+            context.skip_frame = "NONREF" if skip else "DEFAULT"
+            skipping = skip
+        yield from context.decode(packet)
 
 
 def frame_position(source: VideoSource, frame, previous: int) -> int:

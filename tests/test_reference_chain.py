@@ -40,15 +40,18 @@ def textured_frames(width: int, height: int, count: int) -> list[np.ndarray]:
 
 
 def write_video(path: Path, width: int, height: int, rate: Fraction, pts: list[int] | None = None,
-                time_base: Fraction | None = None) -> Path:
-    """H.264 (High, B-frames, a realistic preset) at `rate`, or at explicit `pts` (variable rate)."""
+                time_base: Fraction | None = None, pix_fmt: str = "yuv420p", color: dict | None = None) -> Path:
+    """H.264 (High, B-frames, a realistic preset) at `rate`, or at explicit `pts` (variable rate);
+    `pix_fmt` and `color` (colorspace / range tags) give the other layouts a file may carry."""
     import av
 
     count = len(pts) if pts is not None else int(SECONDS * rate)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.options = {"crf": "20", "preset": "faster"}
+        if color:
+            stream.codec_context.options = color
         if time_base is not None:
             stream.codec_context.time_base = time_base
         for index, image in enumerate(textured_frames(width, height, count)):
@@ -143,6 +146,28 @@ def test_sizes_and_crop_offsets_equal_the_reference(tmp_path: Path, width: int, 
     np.testing.assert_array_equal(got_3d, expected_3d)
 
 
+@pytest.mark.parametrize("pix_fmt, color", [
+    ("yuv420p", {"colorspace": "bt709", "color_range": "tv"}), ("yuvj420p", None),
+    ("yuv420p", {"colorspace": "bt709", "color_range": "pc"}), ("yuv422p", None), ("yuv444p", None),
+    ("yuv420p10le", None)], ids=["bt709", "full-range", "bt709-full-range", "422", "444", "10-bit"])
+@pytest.mark.parametrize("width, height", [(640, 360), (600, 336), (642, 360), (360, 640)],
+                         ids=["3d-odd", "3d-even", "2d-odd", "portrait"])
+def test_every_source_layout_scales_as_the_ffmpeg_chain(tmp_path: Path, pix_fmt: str, color: dict | None,
+                                                       width: int, height: int):
+    # decode.Scaler takes swscale's planar RGB output where rgb24 would run in full chroma (odd widths:
+    # 199, 399; 4:4:4 sources): it must give rgb24's bytes for every layout, odd and even widths alike.
+    global SECONDS
+    SECONDS, seconds = 1.2, SECONDS
+    try:
+        path = write_video(tmp_path / "v.mp4", width, height, Fraction(25), pix_fmt=pix_fmt, color=color)
+    finally:
+        SECONDS = seconds
+    expected_2d, expected_3d = reference_inputs(path, width, height)
+    got_2d, got_3d = ours(path)
+    np.testing.assert_array_equal(got_2d, expected_2d)
+    np.testing.assert_array_equal(got_3d, expected_3d)
+
+
 def test_variable_frame_rate_file_follows_the_fps_filter(tmp_path: Path):
     steps = [15 if i % 3 else 70 for i in range(70)]  # ms between frames: 15, 15, 70, ...
     pts = np.r_[0, np.cumsum(steps)].astype(int).tolist()
@@ -180,3 +205,22 @@ def test_3d_crop_truncates_and_the_mean_is_the_reference_one():
     np.testing.assert_allclose(clips[0, :, 0, 0, 111], -mean, atol=1e-4)
     # Padding to whole clips happens before the mean is subtracted: padded frames hold -mean.
     np.testing.assert_allclose(clips[1, :, 15, 50, 50], -mean, atol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 0], ids=["one-thread", "frame-threads"])
+def test_frames_no_output_shows_are_not_decoded(tmp_path: Path, threads: int):
+    # 60 fps -> 24 fps shows 2 of 5 frames; the non-reference B-frames among the rest are skipped, and
+    # the frames that are shown stay the ffmpeg chain's (the rate tests above compare every pixel).
+    import av
+
+    path = write_video(tmp_path / "v.mp4", 320, 180, Fraction(60))
+    source = decode.open_video(path, num_threads=threads)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = threads
+        tracks = decode.make_tracks(source, stream, True, True, 10, 240)
+        decoded = [frame.pts for frame in decode.decode_shown_frames(container, stream, source, tracks)]
+    shown = {int(source.pts[i]) for track in tracks.values() for i in track.picks}
+    assert shown <= set(decoded)
+    assert len(decoded) < 0.8 * len(source.pts)
+    assert decoded == sorted(decoded)
