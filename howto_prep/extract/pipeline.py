@@ -2,7 +2,8 @@
 
 Bounds: at most `max_videos` decode streams at once, each holding at most `backpressure` unconsumed
 chunks, and at most `max_chunks` chunks queued on the actors in total, so memory does not depend on
-how long the videos are. A stream that produces nothing for `timeout_s` is cancelled (its worker
+how long the videos are. A video whose stream has ended frees its decode slot at once, while the
+models finish its last chunks. A stream that produces nothing for `timeout_s` is cancelled (its worker
 process is killed) and the video is recorded as DECODE_TIMEOUT.
 """
 
@@ -62,7 +63,9 @@ def run_pipeline(videos: Iterable[tuple[str, Path]], decode: Callable[[str], Any
     load = [0] * len(actors)
     exhausted = False
     while True:
-        while not exhausted and len(active) < max(1, max_videos):
+        # A slot is a decoder: it takes the next video once its stream has ended, while the models
+        # may still hold the stream's last chunks (memory stays bounded: those are within max_chunks).
+        while not exhausted and sum(not job.stream_done for job in active.values()) < max(1, max_videos):
             try:
                 video_id, path = next(todo)
             except StopIteration:
