@@ -48,6 +48,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def gpu_share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1]: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="howto-prep", description="HowTo100M data preparation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -95,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="word2vec .bin (GoogleNews format); needed for the tokens feature and clip-level sets")
     extract.add_argument("--out", type=Path, required=True)
     extract.add_argument("--csv", type=Path, help="HowTo100M_v1.csv for the category columns in meta.json")
-    extract.add_argument("--gpus", type=positive_int, default=0)
+    extract.add_argument("--gpus", type=positive_int, default=0, help="model actors, each on a GPU (0: one CPU actor)")
+    extract.add_argument("--gpu-share", type=gpu_share, default=1.0,
+                         help="the share of a GPU each actor reserves (default 1); e.g. --gpus 3 --gpu-share 0.33 "
+                              "puts three actors on one device")
     extract.add_argument("--workers", type=positive_int, default=0, help="CPU decode tasks in flight (0: auto)")
     extract.add_argument("--features", type=parse_features, default=list(schema.ALL_FEATURE_NAMES))
     extract.add_argument("--weights-2d", default="imagenet", help="imagenet | PATH | random")

@@ -119,15 +119,17 @@ def remote_decode(max_calls: int, backpressure: int):
                       _generator_backpressure_num_objects=backpressure, max_retries=0)(decode_stream)
 
 
-def start_actors(names: list[str], weights_2d: str, weights_3d: str, gpus: int, cpu_threads: int) -> list:
-    """`gpus` GPU actors (one GPU each), or one CPU actor using `cpu_threads` torch threads."""
+def start_actors(names: list[str], weights_2d: str, weights_3d: str, gpus: int, cpu_threads: int,
+                 gpu_share: float = 1.0) -> list:
+    """`gpus` GPU actors (each reserving `gpu_share` of a GPU: Ray places several on one device when it
+    is below 1), or one CPU actor using `cpu_threads` torch threads."""
     import ray
 
     # A crashed (or killed, because hung) actor is restarted and its pending chunks are sent again.
     actor_class = ray.remote(FeatureModels)
     recover = {"max_restarts": ACTOR_RESTARTS, "max_task_retries": ACTOR_RESTARTS}
     if gpus > 0:
-        return [actor_class.options(num_cpus=1, num_gpus=1, **recover).remote(names, weights_2d, weights_3d, "cuda")
+        return [actor_class.options(num_cpus=1, num_gpus=gpu_share, **recover).remote(names, weights_2d, weights_3d, "cuda")
                 for _ in range(gpus)]
     # num_cpus=0: torch's own threads use the cores; Ray's CPU slots are left to the decode tasks.
     return [actor_class.options(num_cpus=0, **recover).remote(names, weights_2d, weights_3d, "cpu", cpu_threads)]

@@ -3,6 +3,7 @@ write each finished video's sample as it arrives (the driver is the shard set's 
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -78,8 +79,17 @@ def run_work(plan: ExtractPlan, todo: list[tuple[str, Path]], writer: ShardWrite
     elapsed = time.perf_counter() - ready
     print(f"extract: {written} videos, {video_seconds:.0f} video-s in {elapsed:.1f} s "
           f"({video_seconds / max(elapsed, 1e-9):.2f} video-s/s) after {ready - started:.1f} s of start-up "
-          "(Ray and the model actors)", file=sys.stderr)
+          f"(Ray and {actor_layout(plan, len(actors))})", file=sys.stderr)
     return notes
+
+
+def actor_layout(plan: ExtractPlan, actors: int) -> str:
+    """'3 model actors, 0.33 GPU each' / '1 model actor on the CPU' / 'no model actor'."""
+    if not actors:
+        return "no model actor"
+    noun = "model actor" if actors == 1 else "model actors"
+    where = f"{plan.gpu_share:g} GPU each" if plan.gpus else "on the CPU"
+    return f"{actors} {noun}, {where}"
 
 
 MAX_DECODER_THREADS = 16  # FFmpeg's own cap for automatic threads
@@ -103,11 +113,15 @@ def start_ray(plan: ExtractPlan) -> tuple[list, dict[str, dict], Callable[..., A
 
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     init_ray(plan.address, num_cpus=None if plan.address else max(2, os.cpu_count() or 1))
-    available = int(ray.cluster_resources().get("GPU", 0))
-    if plan.gpus and available < plan.gpus:
-        raise UserError(f"--gpus {plan.gpus}: the Ray cluster has only {available} GPU(s)")
+    available = float(ray.cluster_resources().get("GPU", 0))
+    if plan.gpus and available + 1e-6 < plan.gpus * plan.gpu_share:
+        share = math.floor(100 / plan.gpus) / 100
+        hint = f"; --gpu-share {share:g} puts {plan.gpus} actors on one device" if available >= 1 and share else ""
+        raise UserError(f"--gpus {plan.gpus} --gpu-share {plan.gpu_share:g} needs {plan.gpus * plan.gpu_share:g} "
+                        f"GPU(s); the Ray cluster has {available:g}{hint}")
     visual = plan.visual_features
-    actors = start_actors(visual, plan.weights_2d, plan.weights_3d, plan.gpus, default_cpu_threads()) if visual else []
+    actors = start_actors(visual, plan.weights_2d, plan.weights_3d, plan.gpus, default_cpu_threads(),
+                          plan.gpu_share) if visual else []
     try:
         feature_info = ray.get(actors[0].info.remote()) if actors else {}
     except Exception as err:
