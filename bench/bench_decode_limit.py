@@ -18,9 +18,10 @@ decoder per core:
             bench only); `--models standin,random` adds the command with the real networks (random
             weights) for a GPU box (`--gpus N`)
 Steady state: every row records when each video finished; with p decoders at once, the rate is the
-video-seconds finished after the p-th finish divided by the time from the p-th to the last finish
-(exact for equal-length videos whether the decoders run in step or staggered). "start-up + tail" is
-the wall time the steady rate does not explain (process/Ray/actor start, the last videos' tail).
+video-seconds finished after the p-th finish and up to the p-th finish from the end, divided by the
+time between them: all p decoders are busy there (before it they start, after it the last videos
+drain while decoders fall idle, a tail that a 1.2 M-video run does not have). "start-up + tail" is the
+wall time the steady rate does not explain (process/Ray/actor start, the drain).
 CPU: every process of the row (the pool's workers; the command and all it starts: driver, Ray daemons,
 workers, actor), sampled from /proc (bench/proc_tree.py), over the same window; "by CPU" compares
 CPU-seconds per video-second, which stays honest when other jobs share the box and the wall clock does not.
@@ -28,15 +29,16 @@ CPU-seconds per video-second, which stays honest when other jobs share the box a
 video-second): the demux pass, audio, log-mel, decoding alone, and the frame choice + scaling.
 
     python bench/bench_decode_limit.py [--videos 32] [--seconds 30] [--corpus DIR] [--processes N]
-        [--gpus 0] [--models standin[,random]] [--skip ROW ...]
+        [--gpus 0] [--models standin[,random]] [--scaling-gpus 3] [--rounds 1] [--skip ROW ...]
     # GPU box (16 cores, 1 GPU): enough videos for 15 decode tasks to reach a steady state
-    python bench/bench_decode_limit.py --videos 128 --seconds 60 --gpus 1 --models standin,random
+    python bench/bench_decode_limit.py --videos 128 --seconds 60 --gpus 1 --models standin,random --scaling-gpus 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -53,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from gpu_sampler import GpuSampler  # noqa: E402
 from proc_tree import TreeSampler  # noqa: E402
 
 ROWS = ("limit", "raw", "task-auto", "task", "extract")
@@ -153,18 +156,20 @@ def run_pool(function, paths: list[Path], processes: int) -> tuple[float, list[f
 
 # --- row extract: the whole command ------------------------------------------------------------
 
-def run_extract(info, out: Path, gpus: int, models: str) -> tuple[float, list[float], str, TreeSampler]:
+def run_extract(info, out: Path, gpus: int, models: str, gpu_share: float = 1.0) -> tuple[float, list[float], str, TreeSampler]:
     """(wall, finish time of each video, the command's own summary line); finish times come from its
     progress bar, refreshed on every video (TQDM_MINITERS=1, TQDM_MININTERVAL=0)."""
     weights = ["bench-zero", "bench-zero"] if models == "standin" else ["random", "random"]
     command = [sys.executable, "-m", "howto_prep.cli", "extract", "--videos", str(info.videos_dir),
                "--captions", str(info.captions), "--word2vec", str(info.word2vec), "--csv", str(info.csv),
-               "--out", str(out), "--weights-2d", weights[0], "--weights-3d", weights[1], "--gpus", str(gpus)]
+               "--out", str(out), "--weights-2d", weights[0], "--weights-3d", weights[1], "--gpus", str(gpus),
+               "--gpu-share", f"{gpu_share:g}"]
     env = dict(os.environ, TQDM_MINITERS="1", TQDM_MININTERVAL="0", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
                HOWTO_PREP_BENCH_ONLY="1" if models == "standin" else "0")
     started = time.monotonic()
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     sampler = TreeSampler(process.pid, started=started, roles=EXTRACT_ROLES, provisional=("idle Ray workers",))
+    sampler.gpu = GpuSampler(started) if gpus > 0 else None
     finished: list[float] = []
     text: list[str] = []
 
@@ -191,6 +196,8 @@ def run_extract(info, out: Path, gpus: int, models: str) -> tuple[float, list[fl
     reader.join()
     wall = time.monotonic() - started
     sampler.stop()
+    if sampler.gpu is not None:
+        sampler.gpu.stop()
     if process.returncode != 0:
         raise SystemExit(f"howto-prep extract failed (exit {process.returncode}):\n" + "\n".join(text[-40:]))
     summary = next((line for line in text if "video-s in" in line), "")
@@ -218,13 +225,14 @@ def check_shards(out: Path, durations: list[float]) -> None:
 # --- the table --------------------------------------------------------------------------------
 
 def steady_window(finished: list[float], durations: list[float], parallel: int) -> tuple[float, float, float]:
-    """(start, end, video-seconds finished) of the steady window: from the `parallel`-th to the last
-    finish (see the docstring)."""
+    """(start, end, video-seconds finished) of the steady window: from the `parallel`-th finish to the
+    `parallel`-th from the end (to the last one when there are too few videos; see the docstring)."""
     order = sorted(range(len(finished)), key=finished.__getitem__)
     times = [finished[i] for i in order]
     if len(times) <= parallel:
         return float("nan"), float("nan"), float("nan")
-    return times[parallel - 1], times[-1], sum(durations[i] for i in order[parallel:])
+    last = len(times) - parallel if len(times) - parallel > parallel else len(times) - 1
+    return times[parallel - 1], times[last], sum(durations[i] for i in order[parallel:last + 1])
 
 
 def steady_rate(finished: list[float], durations: list[float], parallel: int) -> float:
@@ -271,16 +279,39 @@ def where_the_time_goes(paths: list[Path], count: int) -> dict[str, float]:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             stream.codec_context.thread_count = 1
-            for _ in container.decode(stream):
+            tracks = decode.make_tracks(source, stream, True, True, 10, 240)
+            for _ in decode.decode_shown_frames(container, stream, source, tracks):
                 pass
         decoding = time.perf_counter() - clock
-        parts["H.264 decoding"] += decoding
+        parts["H.264 decoding (frames no output shows skipped if non-reference)"] += decoding
         clock = time.perf_counter()
         for _ in decode.iterate_chunks(source, info):
             pass
         parts["frame choice + ffmpeg scale (rest of the frame pass)"] += time.perf_counter() - clock - decoding
         seconds += info.duration
     return {name: 1000 * value / seconds for name, value in parts.items()}
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def spread(values: list[float], unit: str = "x") -> str:
+    """'median' for one round, 'median (min-max)' for several."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}{unit}"
+    return f"{median(values):.2f}{unit} ({min(values):.2f}-{max(values):.2f})"
 
 
 def main() -> None:
@@ -291,32 +322,51 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="decoders at once (default: cores)")
     parser.add_argument("--gpus", type=int, default=0, help="--gpus of the extract rows")
     parser.add_argument("--models", default="standin", help="extract rows: standin and/or random (real networks)")
+    parser.add_argument("--scaling-gpus", type=int, default=0, help="also run the real networks with --gpus N "
+                        "(on a box with fewer GPUs, N actors sharing one device: --gpu-share 1/N) and report "
+                        "its rate over the --gpus row's")
+    parser.add_argument("--rounds", type=int, default=1, help="run every row this many times, interleaved; "
+                        "ratios are taken within a round (same conditions) and reported as median (min-max)")
     parser.add_argument("--skip", nargs="*", default=[], choices=[*ROWS, "breakdown"])
     parser.add_argument("--breakdown-videos", type=int, default=4)
     args = parser.parse_args()
     load = os.getloadavg()
-    print(f"bench_decode_limit: {os.cpu_count()} CPUs, {args.processes} decoders at once, --gpus {args.gpus}; "
-          f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"bench_decode_limit: {os.cpu_count()} CPUs, {args.processes} decoders at once, --gpus {args.gpus}, "
+          f"{args.rounds} round(s); load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         info, paths, durations = howto_corpus(args.corpus or Path(tmp) / "corpus", args.videos, args.seconds)
         total = sum(durations)
-        results: dict[str, tuple[float, list[float], int, TreeSampler]] = {}
+        results: dict[str, list[tuple[float, list[float], int, TreeSampler]]] = {}
         functions = {"limit": decode_limit, "raw": decode_raw, "task-auto": decode_task_auto_threads,
                      "task": decode_task}
-        for row in ("limit", "raw", "task-auto", "task"):
-            if row not in args.skip:
-                wall, finished, sampler = run_pool(functions[row], paths, args.processes)
-                results[row] = (wall, finished, args.processes, sampler)
-                print(f"{row}: {wall:.1f} s, load {os.getloadavg()[0]:.2f}", flush=True)
         summaries = {}
-        if "extract" not in args.skip:
-            for models in args.models.split(","):
-                out = Path(tmp) / f"shards-{models}"
-                wall, finished, summaries[models], sampler = run_extract(info, out, args.gpus, models)
-                check_shards(out, durations)
-                parallel = max(1, args.processes - args.gpus)  # extract's default decode tasks in flight
-                results[f"extract ({models})"] = (wall, finished, parallel, sampler)
-                print(f"extract ({models}): {wall:.1f} s, load {os.getloadavg()[0]:.2f}", flush=True)
+        for round_ in range(args.rounds):
+            for row in ("limit", "raw", "task-auto", "task"):
+                if row not in args.skip:
+                    wall, finished, sampler = run_pool(functions[row], paths, args.processes)
+                    results.setdefault(row, []).append((wall, finished, args.processes, sampler))
+                    print(f"round {round_ + 1} {row}: {wall:.1f} s, load {os.getloadavg()[0]:.2f}", flush=True)
+            if "extract" not in args.skip:
+                for models in args.models.split(","):
+                    out = Path(tmp) / f"shards-{models}-{round_}"
+                    wall, finished, summaries[models], sampler = run_extract(info, out, args.gpus, models)
+                    check_shards(out, durations)
+                    parallel = max(1, args.processes - args.gpus)  # extract's default decode tasks in flight
+                    results.setdefault(f"extract ({models})", []).append((wall, finished, parallel, sampler))
+                    print(f"round {round_ + 1} extract ({models}): {wall:.1f} s, load {os.getloadavg()[0]:.2f}", flush=True)
+                if args.scaling_gpus:
+                    share = 1.0 if gpu_count() >= args.scaling_gpus else math.floor(100 / args.scaling_gpus) / 100
+                    out = Path(tmp) / f"shards-scaling-{round_}"
+                    try:  # the other rows are still worth printing if this one fails
+                        wall, finished, summaries["scaling"], sampler = run_extract(info, out, args.scaling_gpus,
+                                                                                    "random", share)
+                        check_shards(out, durations)
+                    except (SystemExit, Exception) as err:
+                        print(f"round {round_ + 1} --gpus {args.scaling_gpus} --gpu-share {share:g} failed: {err}")
+                        continue
+                    row = f"extract (random, --gpus {args.scaling_gpus} --gpu-share {share:g})"
+                    results.setdefault(row, []).append((wall, finished, max(1, args.processes - args.scaling_gpus), sampler))
+                    print(f"round {round_ + 1} {row}: {wall:.1f} s, load {os.getloadavg()[0]:.2f}", flush=True)
         breakdown = None if "breakdown" in args.skip else where_the_time_goes(paths, args.breakdown_videos)
     load = os.getloadavg()
     names = {"limit": "decode limit: decord native RGB + audio", "raw": "PyAV decode only (no pixels) + audio",
@@ -324,33 +374,55 @@ def main() -> None:
              "task": "our decode task alone, 1 decoder thread (as extract now runs it)",
              "extract (standin)": "howto-prep extract, zero-cost model stand-in",
              "extract (random)": f"howto-prep extract, real networks (random weights), --gpus {args.gpus}"}
-    steady = {row: steady_rate(r[1], durations, r[2]) for row, r in results.items()}
-    cpu = {row: steady_cpu(r[1], durations, r[2], r[3]) for row, r in results.items()}
-    print(f"\n{len(paths)} videos, {total:g} video-s; load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print("steady = from the p-th to the last finish (p = decoders); CPU = every process of the row, same window; "
+    steady = {row: [steady_rate(r[1], durations, r[2]) for r in runs] for row, runs in results.items()}
+    cpu = {row: [steady_cpu(r[1], durations, r[2], r[3]) for r in runs] for row, runs in results.items()}
+
+    def ratios(row: str, over: str = "limit", by_cpu: bool = False) -> list[float]:
+        pairs = zip(cpu[over], cpu[row]) if by_cpu else zip(steady[row], steady[over])
+        return [top / bottom if bottom else float("nan") for top, bottom in pairs]  # nan: a window too short
+
+    print(f"\n{len(paths)} videos, {total:g} video-s, {args.rounds} round(s); load average after: "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print("steady = from the p-th finish to the p-th from the end (p = decoders); CPU = every process of the row, same window; "
           "'by CPU' = the limit's CPU-s per video-s / the row's (the ratio on an otherwise idle box if the row "
-          "kept its cores as busy as the limit does)\n")
+          "kept its cores as busy as the limit does); values are medians over the rounds, ratios are taken "
+          "within each round: median (min-max)\n")
     print("| row | decoders | wall s | video-s/s incl. start-up | start-up + tail s | steady video-s/s | "
           "steady / decode limit | CPU-s per video-s | by CPU / decode limit | cores busy |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for row, (wall, finished, parallel, sampler) in results.items():
-        lost = wall - total / steady[row]
-        ratio = f"{steady[row] / steady['limit']:.2f}x" if "limit" in steady else "-"
-        by_cpu = f"{cpu['limit'] / cpu[row]:.2f}x" if "limit" in cpu else "-"
+    for row, runs in results.items():
+        wall, parallel = median([r[0] for r in runs]), runs[0][2]
+        rate, per_cpu = median(steady[row]), median(cpu[row])
+        lost = wall - total / rate
+        ratio = spread(ratios(row)) if "limit" in steady else "-"
+        by_cpu = spread(ratios(row, by_cpu=True)) if "limit" in cpu else "-"
         print(f"| {names.get(row, row)} | {parallel} | {wall:.1f} | {total / wall:.1f} | {lost:.1f} | "
-              f"{steady[row]:.1f} | {ratio} | {1000 * cpu[row]:.1f} ms | {by_cpu} | {cpu[row] * steady[row]:.2f} |")
+              f"{rate:.1f} | {ratio} | {1000 * per_cpu:.1f} ms | {by_cpu} | {per_cpu * rate:.2f} |")
+    scaling = [row for row in results if row.startswith("extract (random, --gpus")]
+    if scaling and "extract (random)" in results:
+        print(f"\nscaling: {scaling[0]} / extract --gpus {args.gpus}: "
+              f"{spread(ratios(scaling[0], over='extract (random)'))} by wall")
     if "task" in results and "extract (standin)" in results:
         print(f"\npipeline efficiency (extract with the stand-in / our decode task alone): "
-              f"{steady['extract (standin)'] / steady['task']:.2f}x by wall, "
-              f"{cpu['task'] / cpu['extract (standin)']:.2f}x by CPU")
-    for row, (wall, finished, parallel, sampler) in results.items():
+              f"{spread(ratios('extract (standin)', over='task'))} by wall, "
+              f"{spread(ratios('extract (standin)', over='task', by_cpu=True))} by CPU")
+    for row, runs in results.items():
         if row.startswith("extract"):
-            start, end, work = steady_window(finished, durations, parallel)
-            by_role = sampler.role_cpu_between(start, end)
+            by_role: Counter = Counter()
+            work_total = 0.0
+            for wall, finished, parallel, sampler in runs:
+                start, end, work = steady_window(finished, durations, parallel)
+                by_role.update(sampler.role_cpu_between(start, end))
+                work_total += work
             print(f"\n{row}: CPU in the steady window by process, ms per video-s: " + ", ".join(
-                f"{role} {1000 * seconds / work:.1f}" for role, seconds in sorted(by_role.items(), key=lambda x: -x[1])))
+                f"{role} {1000 * seconds / work_total:.1f}" for role, seconds in by_role.most_common()))
+            for round_, (wall, finished, parallel, sampler) in enumerate(runs):
+                gpu = getattr(sampler, "gpu", None)
+                start, end, _ = steady_window(finished, durations, parallel)
+                if gpu is not None and gpu.summary(start, end):
+                    print(f"{row}, round {round_ + 1}: {gpu.summary(start, end)}")
     for models, summary in summaries.items():
-        print(f"\nextract ({models}) said: {summary}")
+        print(f"\nextract ({models}) said (last round): {summary}")
     if breakdown:
         print(f"\nwhere the time goes in the decode task (first {args.breakdown_videos} videos, one process, "
               "one decoder thread; ms per video-second):\n")

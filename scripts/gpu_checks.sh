@@ -41,7 +41,7 @@ else
     STEPS=40; TRAIN=(--steps 5 --batches 10 --workers 0 --gpu-steps 5 --skip-paper-loader)
     FUSED=(--no-cpu --gpu --gpu-clips 560 --gpu-steps 6 --compile); KMEANS=(--paper --device cuda)
     LOADER=(--paper-loader-only --paper-workers 0 1 4 8 12 --paper-batches 24)
-    LIMIT=(--videos 64 --seconds 30 --gpus 1 --models standin,random)  # issue 14: decode limit vs the whole command
+    LIMIT=(--videos 64 --seconds 30 --gpus 1 --models standin,random --scaling-gpus 3)  # issue 14: decode limit vs the whole command, --gpus 3 scaling
 fi
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
