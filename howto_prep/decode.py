@@ -342,6 +342,12 @@ def iterate_chunks(source: VideoSource, info: VideoInfo, want_1fps: bool = True,
         chunk_index += 1
 
 
+# Decoders that read `skip_frame` on every packet (checked frame for frame against the full decode in
+# tests/test_reference_chain.py). libdav1d (AV1) reads it once, when it opens: a frame skipped first
+# would switch off every later non-reference frame, shown or not; others decode everything.
+SKIP_PER_PACKET_DECODERS = frozenset({"h264", "hevc", "mpeg4"})
+
+
 def decode_shown_frames(container, stream, source: VideoSource, tracks: dict[str, "_Track"]) -> Iterator:
     """Decode the stream, skipping the frames no output shows where that cannot change any other frame.
 
@@ -350,20 +356,23 @@ def decode_shown_frames(container, stream, source: VideoSource, tracks: dict[str
     decoded exactly as before, so the pixels do not change (tests/test_reference_chain.py at 24-60 fps).
     At 29.97/30 fps a sixth of the frames is never shown at 24 fps, and about half of those are
     non-reference: ~7 % less H.264 work (bench/bench_decode_limit.py); at 50/60 fps much more. Only
-    for files whose packets all carry a pts (a frame is matched to its index by its pts)."""
+    for files whose packets all carry a pts (a frame is matched to its index by its pts) and decoders
+    in SKIP_PER_PACKET_DECODERS."""
     context = stream.codec_context
-    if not source.every_packet_timed:
+    if not source.every_packet_timed or context.name not in SKIP_PER_PACKET_DECODERS:
         yield from container.decode(stream)
         return
-    shown = np.zeros(len(source.pts), dtype=bool)
+    shown = np.zeros(len(source.pts) + 1, dtype=np.int64)  # prefix sums: shown frames before each index
     for track in tracks.values():
-        shown[track.picks] = True
+        shown[1:][track.picks] = 1
+    shown = np.cumsum(shown)
     skipping = False
     for packet in container.demux(stream):
         skip = False  # the end-of-stream packet (no pts) drains the decoder as usual
-        if packet.pts is not None:
-            index = int(np.searchsorted(source.pts, packet.pts))
-            skip = not (index < len(shown) and source.pts[index] == packet.pts and shown[index])
+        if packet.pts is not None:  # every frame with this pts (a broken file may repeat one) unshown
+            first = int(np.searchsorted(source.pts, packet.pts, side="left"))
+            last = int(np.searchsorted(source.pts, packet.pts, side="right"))
+            skip = last > first and shown[last] == shown[first]
         if skip != skipping:  # the decoder reads it when this packet is sent
             context.skip_frame = "NONREF" if skip else "DEFAULT"
             skipping = skip
