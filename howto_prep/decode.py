@@ -219,8 +219,8 @@ def swscale_full_chroma(source_format, width: int) -> bool:
     import av
 
     fmt = av.VideoFormat(source_format) if isinstance(source_format, str) else source_format
-    probe_w, probe_h = 64, 64
-    return bool(width % 2 or (fmt.chroma_width(probe_w) == probe_w and fmt.chroma_height(probe_h) == probe_h))
+    chroma_not_subsampled = fmt.chroma_width(64) == 64 and fmt.chroma_height(64) == 64
+    return bool(width % 2 or chroma_not_subsampled)
 
 
 class Scaler:

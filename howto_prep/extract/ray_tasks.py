@@ -129,8 +129,8 @@ def start_actors(names: list[str], weights_2d: str, weights_3d: str, gpus: int, 
     actor_class = ray.remote(FeatureModels)
     recover = {"max_restarts": ACTOR_RESTARTS, "max_task_retries": ACTOR_RESTARTS}
     if gpus > 0:
-        return [actor_class.options(num_cpus=1, num_gpus=gpu_share, **recover).remote(names, weights_2d, weights_3d, "cuda")
-                for _ in range(gpus)]
+        on_gpu = actor_class.options(num_cpus=1, num_gpus=gpu_share, **recover)
+        return [on_gpu.remote(names, weights_2d, weights_3d, "cuda") for _ in range(gpus)]
     # num_cpus=0: torch's own threads use the cores; Ray's CPU slots are left to the decode tasks.
     return [actor_class.options(num_cpus=0, **recover).remote(names, weights_2d, weights_3d, "cpu", cpu_threads)]
 

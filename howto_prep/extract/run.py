@@ -84,7 +84,7 @@ def run_work(plan: ExtractPlan, todo: list[tuple[str, Path]], writer: ShardWrite
 
 
 def actor_layout(plan: ExtractPlan, actors: int) -> str:
-    """'3 model actors, 0.33 GPU each' / '1 model actor on the CPU' / 'no model actor'."""
+    """'3 model actors, 0.33 GPU each' / '1 model actor, on the CPU' / 'no model actor'."""
     if not actors:
         return "no model actor"
     noun = "model actor" if actors == 1 else "model actors"
