@@ -8,6 +8,8 @@ reference graph (libavfilter's defaults) pixel for pixel:
   graph threads=16       the same graph with 16 threads (FFmpeg's default on a 16-core box)
   graph threads=1        the same graph with one thread (decode.Scaler of the previous stop)
   planar gbrp threads=1  odd output widths (full chroma): `scale=W:H,format=gbrp`, planes interleaved in numpy
+  bilinear / area / fast_bilinear gbrp   odd widths, cheaper swscale filters: OTHER pixels, printed only to
+                         show what giving up identity with the reference chain would buy
   two-step (yuv422p)     even output widths: scale in YUV 4:2:2 then convert to RGB (accurate_rnd, bitexact);
                          identical for untagged yuv420p, NOT for bt709-tagged or full-range sources, so unused
   decode.Scaler          what decode.py uses (planar gbrp where swscale works in full chroma, else rgb24)
@@ -102,6 +104,10 @@ def main() -> None:
                     if w % 2:
                         planar = [("scale", f"{w}:{h}"), ("format", "gbrp")]
                         variants["planar gbrp threads=1"] = lambda f, g=graph(stream, planar, 1): (g.push(f), g.pull().to_ndarray())[1]
+                        for flags in ("bilinear", "area", "fast_bilinear"):  # other pixels: what dropping identity buys
+                            other = [("scale", f"{w}:{h}:flags={flags}"), ("format", "gbrp")]
+                            variants[f"{flags} gbrp (other pixels)"] = \
+                                lambda f, g=graph(stream, other, 1): (g.push(f), g.pull().to_ndarray())[1]
                     if w % 2 == 0:
                         two = [("scale", f"{w}:{h}:flags=bicubic+accurate_rnd"), ("format", "yuv422p"),
                                ("scale", "flags=bicubic+accurate_rnd+bitexact"), ("format", "rgb24")]
@@ -116,9 +122,10 @@ def main() -> None:
                     reference = outputs["graph (auto threads)"]
                     for name, times in cpu.items():
                         same = all(np.array_equal(a, b) for a, b in zip(reference, outputs[name]))
+                        diff = np.mean([np.abs(a.astype(np.int16) - b).mean() for a, b in zip(reference, outputs[name])])
                         print(f"  {w}x{h} {name:22s} CPU {1000 * min(times) / len(frames):.3f} ms/frame (min of {args.rounds}), "
                               f"median {1000 * sorted(times)[len(times) // 2] / len(frames):.3f}  "
-                              f"{'identical' if same else 'DIFFERENT'}")
+                              f"{'identical' if same else f'DIFFERENT (mean |diff| {diff:.2f} grey levels)'}")
         # the whole frame pass: iterate_chunks with the old and the new scaler, interleaved
         if args.corpus:
             paths = sorted(args.corpus.rglob("*.mp4"))
