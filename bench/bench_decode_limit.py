@@ -417,7 +417,7 @@ def main() -> None:
             print(f"\n{row}: CPU in the steady window by process, ms per video-s: " + ", ".join(
                 f"{role} {1000 * seconds / work_total:.1f}" for role, seconds in by_role.most_common()))
             for round_, (wall, finished, parallel, sampler) in enumerate(runs):
-                gpu = getattr(sampler, "gpu", None)
+                gpu = sampler.gpu
                 start, end, _ = steady_window(finished, durations, parallel)
                 if gpu is not None and gpu.summary(start, end):
                     print(f"{row}, round {round_ + 1}: {gpu.summary(start, end)}")

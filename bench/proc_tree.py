@@ -94,6 +94,7 @@ class TreeSampler:
         self.role: dict[int, str] = {}
         self.series: list[tuple[float, float]] = []  # (seconds since start, CPU seconds of the tree)
         self.peak_rss = self.peak_pss = 0
+        self.gpu = None  # a GpuSampler (bench/gpu_sampler.py) running beside this one, if any
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()

@@ -252,17 +252,17 @@ class Scaler:
         to_rgb.link_to(sink)
         self.graph.configure()
 
-    def __call__(self, frame, crop: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    def __call__(self, frame, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """The scaled frame as (h, w, 3) uint8 RGB, optionally only the window (x, y, w, h), contiguous."""
         self.graph.push(frame)
         out = self.graph.pull()
         if not self.planar:
             image = out.to_ndarray()
-            if crop is not None:
-                x, y, w, h = crop
+            if window is not None:
+                x, y, w, h = window
                 image = image[y:y + h, x:x + w]
             return np.ascontiguousarray(image)
-        x, y, w, h = crop if crop is not None else (0, 0, out.width, out.height)
+        x, y, w, h = window if window is not None else (0, 0, out.width, out.height)
         image = np.empty((h, w, 3), dtype=np.uint8)
         for channel, plane in zip((1, 2, 0), out.planes):  # gbrp holds G, B, R planes
             rows = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)
@@ -277,7 +277,7 @@ class _Track:
     picks: np.ndarray  # source frame index of every output frame
     per_chunk: int
     scaler: Scaler
-    crop: tuple[int, int] | None
+    window: tuple[int, int, int, int] | None  # the 3D crop (x, y, w, h); None: the whole frame
     gathered: list[np.ndarray] = field(default_factory=list)
     done: int = 0  # outputs gathered so far
     last: np.ndarray | None = None
@@ -286,8 +286,7 @@ class _Track:
         """Scale `frame` once if any output shows it (or an earlier frame the decoder skipped)."""
         if self.done >= len(self.picks) or int(self.picks[self.done]) > position:
             return
-        window = None if self.crop is None else (*self.crop, schema.SIZE_3D, schema.SIZE_3D)
-        self.last = self.scaler(frame, window)
+        self.last = self.scaler(frame, self.window)
         while self.done < len(self.picks) and int(self.picks[self.done]) <= position:
             self.gathered.append(self.last)
             self.done += 1
@@ -395,9 +394,10 @@ def make_tracks(source: VideoSource, stream, want_1fps: bool, want_24fps: bool, 
             continue
         rate = Fraction(fps).limit_denominator(1 << 16)
         width, height = scaled_size(source.width, source.height, short)
-        crop = (crop_origin(width), crop_origin(height)) if name == "24fps" else None
+        window = ((crop_origin(width), crop_origin(height), schema.SIZE_3D, schema.SIZE_3D)
+                  if name == "24fps" else None)
         tracks[name] = _Track(select_frames(exact_slots(source.pts, source.time_base, rate), exact_output_count(source, fps)),
-                              per, Scaler(stream, width, height), crop)
+                              per, Scaler(stream, width, height), window)
     return tracks
 
 
@@ -411,17 +411,3 @@ def chunk_of(index: int, tracks: dict[str, "_Track"], final: bool) -> FrameChunk
     one, dense = tracks.get("1fps"), tracks.get("24fps")
     return FrameChunk(index=index, frames_1fps=one.take(final) if one else None,
                       frames_24fps=dense.take(final) if dense else None)
-
-
-def read_audio(path: Path) -> np.ndarray | None:
-    """16 kHz mono float32 samples, or None when the file has no audio stream."""
-    decord = import_decord()
-    try:
-        reader = decord.AudioReader(str(path), sample_rate=schema.AUDIO_SAMPLE_RATE, mono=True)
-    except Exception as err:
-        if "audio stream" in str(err).lower():
-            return None
-        raise MediaError(FailureKind.BAD_MEDIA, f"cannot decode the audio of {Path(path).name}: "
-                         f"{' '.join(str(err).split())[:300]}") from None
-    samples = np.asarray(reader._array if hasattr(reader, "_array") else reader[:].asnumpy(), dtype=np.float32)
-    return np.ascontiguousarray(samples.reshape(-1) if samples.shape[0] == 1 else samples.mean(axis=0))

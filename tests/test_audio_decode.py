@@ -1,5 +1,5 @@
 """The decode task's soundtrack and log-mel without decord and torch (features.audio, features.logmel):
-the same samples as decode.read_audio (decord), the same log-mel as torch.stft, and a decode worker
+the same samples as decord's AudioReader (tests/decord_audio.py), the same log-mel as torch.stft, and a decode worker
 that imports neither library (each costs hundreds of MB per worker)."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pytest
 
 from howto_prep import decode
 from howto_prep.features import audio as audio_reader
-from howto_prep.features.logmel import HOP, N_FFT, emphasised_and_padded, logmel_float32, mel_filterbank, power_to_db
+from decord_audio import decord_audio
+from howto_prep.features.logmel import AMIN, HOP, N_FFT, TOP_DB, emphasised_and_padded, logmel_float32, mel_filterbank
 from howto_prep.synthetic.mp4 import howto_encoding, write_mp4
 
 FORMATS = [(16_000, 1), (44_100, 2), (48_000, 1), (44_100, 1), (48_000, 2), (16_000, 2), (22_050, 2)]
@@ -35,7 +36,7 @@ def soundtrack(rate: int, channels: int, seconds: float, seed: int) -> np.ndarra
 @pytest.mark.parametrize("rate,channels", FORMATS)
 def test_pyav_soundtrack_equals_decords_sample_for_sample(tmp_path, rate, channels):
     path = write_mp4(tmp_path / "a.mp4", frames(45), 30.0, soundtrack(rate, channels, 1.5, rate + channels), rate)
-    ours, decords = audio_reader.read_audio(path), decode.read_audio(path)
+    ours, decords = audio_reader.read_audio(path), decord_audio(path)
     assert ours.dtype == np.float32 and ours.shape == decords.shape
     np.testing.assert_array_equal(ours, decords)
 
@@ -44,14 +45,21 @@ def test_howto_encoded_soundtrack_and_missing_audio(tmp_path):
     sound = soundtrack(44_100, 2, 2.0, 3)
     path = write_mp4(tmp_path / "howto.mp4", frames(60, 160, 96), 30.0, sound, 44_100,
                      encoding=howto_encoding(500_000))
-    np.testing.assert_array_equal(audio_reader.read_audio(path), decode.read_audio(path))
+    np.testing.assert_array_equal(audio_reader.read_audio(path), decord_audio(path))
     silent = write_mp4(tmp_path / "silent.mp4", frames(30), 30.0)
-    assert audio_reader.read_audio(silent) is None and decode.read_audio(silent) is None
+    assert audio_reader.read_audio(silent) is None and decord_audio(silent) is None
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(decode.MediaError) as caught:
         audio_reader.read_audio(broken)
     assert caught.value.kind == decode.FailureKind.BAD_MEDIA
+
+
+def power_to_db(power: np.ndarray) -> np.ndarray:
+    """librosa's power_to_db written plainly (ref = max, amin, top_db): what the in-place version must give."""
+    db = 10.0 * np.log10(np.maximum(AMIN, power))
+    db -= 10.0 * np.log10(max(AMIN, float(power.max())))
+    return np.maximum(db, db.max() - TOP_DB)
 
 
 def torch_logmel(audio: np.ndarray) -> np.ndarray:
@@ -86,7 +94,7 @@ def test_decode_worker_imports_neither_torch_nor_decord(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-1000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
-    assert found == {"logmel": 1 + len(decode.read_audio(path)) // HOP, "chunks": 1, "torch": False, "decord": False}
+    assert found == {"logmel": 1 + len(decord_audio(path)) // HOP, "chunks": 1, "torch": False, "decord": False}
 
 
 @pytest.mark.parametrize("length", [201, 202, 400, 401, 16_000 * 3 + 17])

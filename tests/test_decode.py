@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from howto_prep import decode
+from howto_prep.features.audio import read_audio
 from howto_prep.synthetic.mp4 import write_mp4
 
 LEVEL_STEP = 12  # frame i is flat: red 12 * (i % 20) + 8, green 12 * (i // 20) + 8: a frame names its index
@@ -158,13 +159,13 @@ def test_audio_is_16k_mono_float32(tmp_path: Path) -> None:
     rate = 44_100
     tone = 0.4 * np.sin(2 * np.pi * 440 * np.arange(int(2 * rate)) / rate)
     path = write_mp4(tmp_path / "tone.mp4", level_frames(60), 30.0, np.stack([tone, tone]), rate)
-    audio = decode.read_audio(path)
+    audio = read_audio(path)
     assert audio.dtype == np.float32 and audio.ndim == 1
     assert abs(len(audio) - 32_000) < 1_600  # 2 s, give or take the codec's priming samples
     segment = audio[4000:20000]
     peak_hz = np.argmax(np.abs(np.fft.rfft(segment))) * 16_000 / len(segment)
     assert peak_hz == pytest.approx(440, abs=2)
-    assert decode.read_audio(write_mp4(tmp_path / "silent.mp4", level_frames(30), 30.0)) is None
+    assert read_audio(write_mp4(tmp_path / "silent.mp4", level_frames(30), 30.0)) is None
 
 
 def test_bad_media_kinds(tmp_path: Path) -> None:

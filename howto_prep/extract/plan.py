@@ -70,7 +70,7 @@ def plan_from_args(args: argparse.Namespace) -> ExtractPlan:
         raise UserError(f"--word2vec {args.word2vec} does not exist")
     return ExtractPlan(videos_dir=args.videos, out=Path(args.out), features=features, captions=args.captions,
                        word2vec=args.word2vec, csv=args.csv, weights_2d=args.weights_2d, weights_3d=args.weights_3d,
-                       gpus=args.gpus, gpu_share=getattr(args, "gpu_share", 1.0), workers=args.workers,
+                       gpus=args.gpus, gpu_share=args.gpu_share, workers=args.workers,
                        shard_size=args.shard_size, prefix=args.prefix,
                        address=args.address, retry_failed=args.retry_failed, limit=args.limit,
                        clip_annotations=clip_annotations)

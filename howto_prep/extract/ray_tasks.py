@@ -45,7 +45,7 @@ def decode_stream(path: str, want_1fps: bool, want_24fps: bool, want_logmel: boo
 def audio_header(path: Path) -> dict[str, Any]:
     """Log-mel of the whole soundtrack (its dB reference is the video's maximum), or why it is missing.
 
-    The soundtrack comes from features.audio (PyAV; the same samples as decode.read_audio's decord) and
+    The soundtrack comes from features.audio (PyAV; the same samples as decord's AudioReader) and
     the log-mel from numpy, so a decode worker never imports torch or decord (about 900 MB each)."""
     from howto_prep.features.audio import read_audio
     from howto_prep.features.logmel import logmel

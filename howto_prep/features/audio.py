@@ -1,7 +1,7 @@
 """The soundtrack at 16 kHz mono, decoded with PyAV for the decode task.
 
-Sample for sample what `howto_prep.decode.read_audio` (decord's AudioReader, sample_rate=16000,
-mono=True) returns: both run FFmpeg's libswresample with its defaults on the best audio stream's
+Sample for sample what decord's AudioReader (sample_rate=16000, mono=True) returns, the reader the
+recipes first ran with: both run FFmpeg's libswresample with its defaults on the best audio stream's
 frames in order and flush it at the end (tests/test_audio_decode.py compares them on every audio
 format of the synthetic corpus). Why not decord here: importing decord loads about 700 MB of
 libraries and needs torch imported first (another 500 MB), in every decode worker; with this reader
