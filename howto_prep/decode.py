@@ -252,19 +252,18 @@ class Scaler:
         to_rgb.link_to(sink)
         self.graph.configure()
 
-    def __call__(self, frame, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
-        """The scaled frame as (h, w, 3) uint8 RGB, optionally only the window (x, y, w, h), contiguous."""
+    def __call__(self, frame, window: tuple[int, int, int, int] | None = None,
+                 out: np.ndarray | None = None) -> np.ndarray:
+        """The scaled frame as (h, w, 3) uint8 RGB, optionally only the window (x, y, w, h), written into
+        `out` (a slot of the chunk being filled: no per-frame array, no copy when the chunk is made)."""
         self.graph.push(frame)
-        out = self.graph.pull()
+        scaled = self.graph.pull()
+        x, y, w, h = window if window is not None else (0, 0, scaled.width, scaled.height)
+        image = np.empty((h, w, 3), dtype=np.uint8) if out is None else out
         if not self.planar:
-            image = out.to_ndarray()
-            if window is not None:
-                x, y, w, h = window
-                image = image[y:y + h, x:x + w]
-            return np.ascontiguousarray(image)
-        x, y, w, h = window if window is not None else (0, 0, out.width, out.height)
-        image = np.empty((h, w, 3), dtype=np.uint8)
-        for channel, plane in zip((1, 2, 0), out.planes):  # gbrp holds G, B, R planes
+            image[...] = scaled.to_ndarray()[y:y + h, x:x + w]
+            return image
+        for channel, plane in zip((1, 2, 0), scaled.planes):  # gbrp holds G, B, R planes
             rows = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)
             image[:, :, channel] = rows[y:y + h, x:x + w]
         return image
@@ -272,37 +271,60 @@ class Scaler:
 
 @dataclass
 class _Track:
-    """One output rate: which source frame each output shows, and the frames gathered so far."""
+    """One output rate: which source frame each output shows, and the chunks being filled.
+
+    Each output frame is written once, straight into its slot of a chunk-sized array, so a chunk is
+    never assembled from per-frame arrays (bench/bench_decode_limit.py, "where the time goes")."""
 
     picks: np.ndarray  # source frame index of every output frame
     per_chunk: int
     scaler: Scaler
     window: tuple[int, int, int, int] | None  # the 3D crop (x, y, w, h); None: the whole frame
-    gathered: list[np.ndarray] = field(default_factory=list)
-    done: int = 0  # outputs gathered so far
-    last: np.ndarray | None = None
+    frame_shape: tuple[int, int, int]  # (h, w, 3) of one output frame
+    filling: np.ndarray | None = None  # the chunk being filled
+    filled: int = 0  # its slots written so far
+    whole: list[np.ndarray] = field(default_factory=list)  # chunks filled, not yet taken
+    done: int = 0  # outputs written so far
+    last: np.ndarray | None = None  # the latest output frame (a slot of some chunk)
 
     def offer(self, frame, position: int) -> None:
         """Scale `frame` once if any output shows it (or an earlier frame the decoder skipped)."""
-        if self.done >= len(self.picks) or int(self.picks[self.done]) > position:
+        if self.done >= len(self.picks) or self.picks[self.done] > position:
             return
-        self.last = self.scaler(frame, self.window)
-        while self.done < len(self.picks) and int(self.picks[self.done]) <= position:
-            self.gathered.append(self.last)
+        self.last = self.scaler(frame, self.window, out=self.next_slot())
+        self.done += 1
+        while self.done < len(self.picks) and self.picks[self.done] <= position:
+            self.next_slot()[...] = self.last  # the same source frame shown again
             self.done += 1
 
     def finish(self) -> None:
         while self.done < len(self.picks) and self.last is not None:
-            self.gathered.append(self.last)
+            self.next_slot()[...] = self.last
             self.done += 1
+
+    def next_slot(self) -> np.ndarray:
+        """The next output frame's slot; a chunk whose last slot this is counts as whole."""
+        if self.filling is None:
+            self.filling = np.empty((self.per_chunk, *self.frame_shape), dtype=np.uint8)
+        slot = self.filling[self.filled]
+        self.filled += 1
+        if self.filled == self.per_chunk:
+            self.whole.append(self.filling)
+            self.filling, self.filled = None, 0
+        return slot
+
+    def has_frames(self) -> bool:
+        return bool(self.whole) or self.filled > 0
 
     def take(self, final: bool) -> np.ndarray | None:
         """The next chunk's frames; a short remainder only once no more outputs can come."""
-        final = final or self.done == len(self.picks)
-        if not self.gathered or (len(self.gathered) < self.per_chunk and not final):
-            return None
-        part, self.gathered = self.gathered[:self.per_chunk], self.gathered[self.per_chunk:]
-        return np.stack(part)
+        if self.whole:
+            return self.whole.pop(0)
+        if self.filled and (final or self.done == len(self.picks)):
+            part = self.filling[:self.filled]
+            self.filling, self.filled = None, 0
+            return part
+        return None
 
 
 def iterate_chunks(source: VideoSource, info: VideoInfo, want_1fps: bool = True, want_24fps: bool = True,
@@ -336,7 +358,7 @@ def iterate_chunks(source: VideoSource, info: VideoInfo, want_1fps: bool = True,
         raise MediaError(FailureKind.BAD_MEDIA, f"cannot decode {source.path.name}: {' '.join(str(err).split())[:500]}") from None
     for track in tracks.values():  # outputs after the last decoded frame repeat it (as ffmpeg does)
         track.finish()
-    while any(track.gathered for track in tracks.values()):
+    while any(track.has_frames() for track in tracks.values()):
         yield chunk_of(chunk_index, tracks, final=True)
         chunk_index += 1
 
@@ -369,8 +391,8 @@ def decode_shown_frames(container, stream, source: VideoSource, tracks: dict[str
     for packet in container.demux(stream):
         skip = False  # the end-of-stream packet (no pts) drains the decoder as usual
         if packet.pts is not None:  # every frame with this pts (a broken file may repeat one) unshown
-            first = int(np.searchsorted(source.pts, packet.pts, side="left"))
-            last = int(np.searchsorted(source.pts, packet.pts, side="right"))
+            first = int(source.pts.searchsorted(packet.pts, "left"))
+            last = int(source.pts.searchsorted(packet.pts, "right"))
             skip = last > first and shown[last] == shown[first]
         if skip != skipping:  # the decoder reads it when this packet is sent
             context.skip_frame = "NONREF" if skip else "DEFAULT"
@@ -382,7 +404,7 @@ def frame_position(source: VideoSource, frame, previous: int) -> int:
     """The decoded frame's index among the sorted timestamps (the next one if it has no pts)."""
     if frame.pts is None:
         return min(previous + 1, len(source.pts) - 1)
-    return int(np.searchsorted(source.pts, frame.pts, side="right")) - 1
+    return int(source.pts.searchsorted(frame.pts, "right")) - 1
 
 
 def make_tracks(source: VideoSource, stream, want_1fps: bool, want_24fps: bool, per_1: int,
@@ -396,14 +418,15 @@ def make_tracks(source: VideoSource, stream, want_1fps: bool, want_24fps: bool, 
         width, height = scaled_size(source.width, source.height, short)
         window = ((crop_origin(width), crop_origin(height), schema.SIZE_3D, schema.SIZE_3D)
                   if name == "24fps" else None)
+        shape = (window[3], window[2], 3) if window else (height, width, 3)
         tracks[name] = _Track(select_frames(exact_slots(source.pts, source.time_base, rate), exact_output_count(source, fps)),
-                              per, Scaler(stream, width, height), window)
+                              per, Scaler(stream, width, height), window, shape)
     return tracks
 
 
 def chunk_ready(tracks: dict[str, "_Track"]) -> bool:
     """A chunk is whole when every track has a chunk's worth of outputs (or has none left)."""
-    full = [len(t.gathered) >= t.per_chunk for t in tracks.values()]
+    full = [bool(t.whole) for t in tracks.values()]
     return any(full) and all(f or t.done == len(t.picks) for f, t in zip(full, tracks.values()))
 
 
