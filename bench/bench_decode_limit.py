@@ -6,6 +6,9 @@ decoder per core:
   limit     the issue's decode limit: one process per core, each decoding whole videos with decord at
             native resolution (RGB), sequential access (`next()`, one decoder thread), plus the
             soundtrack (decord AudioReader, 16 kHz mono: the samples extract reads, there with PyAV)
+  limit-scaled  the limit with decord's own scaler to the 3D size (short side 112): the frame reduction
+            the issue first proposed; other pixels than the reference chain's and one size of the two,
+            so a reference point for what "reducing frames in the decoder" costs, not a way to run
   raw       the same with PyAV and no pixel conversion at all (the H.264 decoder alone), plus audio
   task      our decode task alone, one process per core: exactly what a Ray decode task runs
             (howto_prep.extract.ray_tasks.decode_stream: demux pass, audio + log-mel, one sequential
@@ -58,7 +61,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from gpu_sampler import GpuSampler  # noqa: E402
 from proc_tree import TreeSampler  # noqa: E402
 
-ROWS = ("limit", "raw", "task-auto", "task", "extract")
+ROWS = ("limit", "limit-scaled", "raw", "task-auto", "task", "extract")
 EXTRACT_ROLES = {"decode_stream": "decode workers", "FeatureModels": "model actor", "ray::IDLE": "idle Ray workers",
                  "default_worker": "idle Ray workers", "raylet": "Ray daemons", "gcs_server": "Ray daemons",
                  "ray/": "Ray daemons"}  # process title -> role; the command itself is "driver"
@@ -100,6 +103,27 @@ def decode_limit(path: str) -> float:
     try:
         decord.AudioReader(path, sample_rate=16_000, mono=True)
     except Exception as err:  # no audio stream: the video alone, as extract does
+        if "audio" not in str(err).lower():
+            raise
+    return time.monotonic()
+
+
+def decode_limit_scaled(path: str) -> float:
+    """`decode_limit` with decord scaling every frame to the 3D size (short side 112) itself."""
+    import av
+    import decord
+
+    from howto_prep.decode import scaled_size
+
+    with av.open(path) as container:
+        context = container.streams.video[0].codec_context
+        width, height = scaled_size(context.width, context.height, 112)
+    reader = decord.VideoReader(path, num_threads=1, width=width, height=height)
+    for _ in range(len(reader)):
+        reader.next()
+    try:
+        decord.AudioReader(path, sample_rate=16_000, mono=True)
+    except Exception as err:
         if "audio" not in str(err).lower():
             raise
     return time.monotonic()
@@ -337,11 +361,11 @@ def main() -> None:
         info, paths, durations = howto_corpus(args.corpus or Path(tmp) / "corpus", args.videos, args.seconds)
         total = sum(durations)
         results: dict[str, list[tuple[float, list[float], int, TreeSampler]]] = {}
-        functions = {"limit": decode_limit, "raw": decode_raw, "task-auto": decode_task_auto_threads,
-                     "task": decode_task}
+        functions = {"limit": decode_limit, "limit-scaled": decode_limit_scaled, "raw": decode_raw,
+                     "task-auto": decode_task_auto_threads, "task": decode_task}
         summaries = {}
         for round_ in range(args.rounds):
-            for row in ("limit", "raw", "task-auto", "task"):
+            for row in ("limit", "limit-scaled", "raw", "task-auto", "task"):
                 if row not in args.skip:
                     wall, finished, sampler = run_pool(functions[row], paths, args.processes)
                     results.setdefault(row, []).append((wall, finished, args.processes, sampler))
@@ -369,7 +393,9 @@ def main() -> None:
                     print(f"round {round_ + 1} {row}: {wall:.1f} s, load {os.getloadavg()[0]:.2f}", flush=True)
         breakdown = None if "breakdown" in args.skip else where_the_time_goes(paths, args.breakdown_videos)
     load = os.getloadavg()
-    names = {"limit": "decode limit: decord native RGB + audio", "raw": "PyAV decode only (no pixels) + audio",
+    names = {"limit": "decode limit: decord native RGB + audio",
+             "limit-scaled": "decord scaling to the 3D size itself (one size, other pixels) + audio",
+             "raw": "PyAV decode only (no pixels) + audio",
              "task-auto": "our decode task alone, FFmpeg's automatic decoder threads (before)",
              "task": "our decode task alone, 1 decoder thread (as extract now runs it)",
              "extract (standin)": "howto-prep extract, zero-cost model stand-in",
