@@ -104,6 +104,27 @@ def test_chunks_decode_the_selected_frames_of_a_real_mp4(tmp_path: Path) -> None
     assert [len(c.frames_1fps) for c in chunks] == [2, 1]
 
 
+def test_outputs_after_the_last_decoded_frame_repeat_it(tmp_path: Path) -> None:
+    # A damaged tail can leave the decoder short of the frames the timestamps promise: every output is
+    # still written, the later ones repeating the last decoded frame (as the fps filter repeats its last
+    # input), and a chunk never holds an unwritten slot.
+    import av
+
+    count, decoded = 60, 40  # 2 s at 30 fps; the decoder "loses" the last 20 frames
+    path = write_mp4(tmp_path / "levels.mp4", level_frames(count), 30.0)
+    source = decode.open_video(path)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        track = decode.make_tracks(source, stream, False, True, 1, 48)["24fps"]
+        for position, frame in zip(range(decoded), container.decode(stream)):
+            track.offer(frame, position)
+    track.finish()
+    chunk = track.take(final=True)
+    assert track.take(final=True) is None
+    assert len(chunk) == len(track.picks) == 48
+    assert [frame_index(f, count) for f in chunk] == [min(int(p), decoded - 1) for p in track.picks]
+
+
 def write_vfr_mp4(path: Path, pts_ms: list[int]) -> Path:
     """An mp4 whose frames sit at the given millisecond timestamps (variable frame rate)."""
     import av
