@@ -6,8 +6,8 @@ decoder per core:
   limit     the issue's decode limit: one process per core, each decoding whole videos with decord at
             native resolution (RGB), sequential access (`next()`, one decoder thread), plus the
             soundtrack (decord AudioReader, 16 kHz mono: the samples extract reads, there with PyAV)
-  limit-scaled  the limit with decord's own scaler to the 3D size (short side 112): the frame reduction
-            the issue first proposed; other pixels than the reference chain's and one size of the two,
+  limit-scaled  the limit with decord's own scaler to the 3D size (short side 112): the obvious way
+            to reduce frames in the decoder; other pixels than the reference chain's, one size of two,
             so a reference point for what "reducing frames in the decoder" costs, not a way to run
   raw       the same with PyAV and no pixel conversion at all (the H.264 decoder alone), plus audio
   task      our decode task alone, one process per core: exactly what a Ray decode task runs
