@@ -93,57 +93,58 @@ def _worker_setup() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"  # what Ray gives a num_cpus=1 task
 
 
-def decode_limit(path: str) -> float:
-    """decord at native resolution, sequential, one thread, plus the 16 kHz mono soundtrack."""
+def decord_soundtrack(path: str) -> None:
+    """The 16 kHz mono soundtrack through decord (no audio stream: the video alone, as extract does)."""
     import decord
 
-    reader = decord.VideoReader(path, num_threads=1)
-    for _ in range(len(reader)):
-        reader.next()
     try:
         decord.AudioReader(path, sample_rate=16_000, mono=True)
-    except Exception as err:  # no audio stream: the video alone, as extract does
+    except Exception as err:
         if "audio" not in str(err).lower():
             raise
+
+
+def decord_frames(path: str, **size: int) -> None:
+    """Every frame through decord, sequential, one thread; `width`/`height`: decord's own scaler."""
+    import decord
+
+    reader = decord.VideoReader(path, num_threads=1, **size)
+    for _ in range(len(reader)):
+        reader.next()
+
+
+def decode_limit(path: str) -> float:
+    """decord at native resolution, sequential, one thread, plus the 16 kHz mono soundtrack."""
+    decord_frames(path)
+    decord_soundtrack(path)
     return time.monotonic()
 
 
 def decode_limit_scaled(path: str) -> float:
     """`decode_limit` with decord scaling every frame to the 3D size (short side 112) itself."""
     import av
-    import decord
 
+    from howto_prep import schema
     from howto_prep.decode import scaled_size
 
     with av.open(path) as container:
         context = container.streams.video[0].codec_context
-        width, height = scaled_size(context.width, context.height, 112)
-    reader = decord.VideoReader(path, num_threads=1, width=width, height=height)
-    for _ in range(len(reader)):
-        reader.next()
-    try:
-        decord.AudioReader(path, sample_rate=16_000, mono=True)
-    except Exception as err:
-        if "audio" not in str(err).lower():
-            raise
+        width, height = scaled_size(context.width, context.height, schema.SIZE_3D)
+    decord_frames(path, width=width, height=height)
+    decord_soundtrack(path)
     return time.monotonic()
 
 
 def decode_raw(path: str) -> float:
     """PyAV, every frame decoded and nothing converted, one thread; then the soundtrack as above."""
     import av
-    import decord
 
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1
         for _ in container.decode(stream):
             pass
-    try:
-        decord.AudioReader(path, sample_rate=16_000, mono=True)
-    except Exception as err:
-        if "audio" not in str(err).lower():
-            raise
+    decord_soundtrack(path)
     return time.monotonic()
 
 

@@ -2,8 +2,9 @@
 
 An 8-GPU node runs ~120 decode streams into one driver. This bench feeds the real scheduling loop
 (howto_prep.extract.pipeline.run_pipeline, real Ray) from N concurrent fake decode streams that only
-sleep (CHUNK_S seconds per 10 video-s chunk, no CPU) and yield tiny chunks to two stand-in actors, so
-the driver's own cost is what is measured: the CPU time of its main thread (the loop, Ray's waits and
+sleep (`--chunk-s` seconds per 10 video-s chunk, no CPU) and yield tiny chunks to extract's own CPU
+model actor (ray_tasks.start_actors) running the zero-cost stand-in (features.standin), so the
+driver's own cost is what is measured: the CPU time of its main thread (the loop, Ray's waits and
 fetches) per video-second, and how busy that thread is. Shard writing is not included (the whole
 command's driver CPU is in bench_decode_limit.py's per-process breakdown).
 
@@ -13,6 +14,7 @@ command's driver CPU is in bench_decode_limit.py's per-process breakdown).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,9 +24,11 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from howto_prep import schema  # noqa: E402
 from howto_prep.decode import FrameChunk  # noqa: E402
 from howto_prep.extract.pipeline import run_pipeline  # noqa: E402
-from howto_prep.extract.ray_tasks import STARTED  # noqa: E402
+from howto_prep.extract.ray_tasks import STARTED, start_actors  # noqa: E402
+from howto_prep.features.standin import ENABLE_VARIABLE, STANDIN  # noqa: E402
 
 VIDEO_S_PER_CHUNK = 10.0  # extract's chunk length (decode.DEFAULT_CHUNK_SECONDS)
 
@@ -38,24 +42,14 @@ def fake_decode(path: str, chunks: int, chunk_s: float):
         yield FrameChunk(index, np.zeros((10, 4, 4, 3), np.uint8), np.zeros((240, 2, 2, 3), np.uint8))
 
 
-class StandInActor:
-    """Answers at once with rows of the real shapes' order of size (15 x 2048 float16 per chunk)."""
-
-    def info(self) -> dict:
-        return {}
-
-    def embed(self, chunk: FrameChunk):
-        return chunk.index, {"video_3d": np.zeros((15, 2048), np.float16)}
-
-
 def measure(streams: int, chunks: int, chunk_s: float) -> str:
     import ray
 
     task = ray.remote(num_cpus=0, num_returns="streaming", max_retries=0,
                       _generator_backpressure_num_objects=3)(fake_decode)
-    actors = [ray.remote(StandInActor).options(num_cpus=0).remote() for _ in range(2)]
+    actors = start_actors([schema.RESNET152.name, schema.RESNEXT101.name], STANDIN, STANDIN, gpus=0, cpu_threads=1)
     ray.get([actor.info.remote() for actor in actors])
-    bound = 2 * len(actors) + 1 + streams  # the models are instant here: let every stream flow
+    bound = 2 * len(actors) + 1 + streams  # the models cost nothing here: let every stream flow
     videos = [(f"v{i}", Path(f"/bench/v{i}.mp4")) for i in range(3 * streams)]
     for _ in run_pipeline(videos[:streams], lambda p: task.remote(p, 1, 0.0), actors, max_videos=streams,
                           max_chunks=bound, timeout_s=120):
@@ -80,6 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
+    os.environ[ENABLE_VARIABLE] = "1"  # the stand-in's second key, inherited by Ray's workers
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     print(f"{args.chunks} chunks of {VIDEO_S_PER_CHUNK:g} video-s per video, {args.chunk_s:g} s per chunk per stream\n")
     print("| streams at once | videos done | video-s/s | driver main thread, ms per video-s | thread busy | "
