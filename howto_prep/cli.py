@@ -121,10 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     clips = extract.add_argument_group("clip-level sets (evaluation / fine-tuning): one sample per annotated clip")
     annotation = clips.add_mutually_exclusive_group()
     annotation.add_argument("--youcook2", type=Path, help="youcookii_annotations_trainval.json")
-    annotation.add_argument("--msrvtt", type=Path, help="MSR-VTT videodatainfo.json")
-    annotation.add_argument("--clips", type=Path, help="clips.csv with video_id,start,end,caption")
-    clips.add_argument("--split", help="YouCook2: training|validation (default validation); MSR-VTT: train|validate|test")
-    clips.add_argument("--test-list", type=Path, help="MSR-VTT: a plain id list (e.g. the 1k-A test ids)")
+    annotation.add_argument("--msrvtt", type=Path, nargs="+", metavar="INFO_JSON",
+                            help="MSR-VTT videodatainfo.json file(s), e.g. train_val_videodatainfo.json test_videodatainfo.json")
+    annotation.add_argument("--clips", type=Path,
+                            help="a clips csv: video_id,start,end and text or caption (e.g. validation_youcook.csv)")
+    clips.add_argument("--split", help="YouCook2: training|validation (default validation); "
+                                       "MSR-VTT: train|validate (or val)|test (default test)")
+    clips.add_argument("--test-list", type=Path,
+                       help="MSR-VTT: the rows to keep: bare ids, a video_id csv (7k/9k lists) or the JSFusion "
+                            "1k-A csv (its sentence is the query)")
+    clips.add_argument("--protocol", help="assert the evaluation protocol these inputs define: "
+                                          "msrvtt-1ka | msrvtt-full | youcook2-val | youcook2-val-all | custom "
+                                          "(default: inferred; docs/recipes.md)")
     extract.set_defaults(handler="howto_prep.extract.command:run_extract")
 
     verify = sub.add_parser("verify", help="check every shard's size, sha256 and members against its JSON")

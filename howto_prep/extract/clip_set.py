@@ -17,14 +17,15 @@ import sys
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from howto_prep import schema, shards
 from howto_prep.errors import UserError
 from howto_prep.extract.annotations import ClipRecord
-from howto_prep.extract.plan import ExtractPlan
+from howto_prep.extract.plan import ClipAnnotations, ExtractPlan
+from howto_prep.extract.protocols import describe
 from howto_prep.extract.sample import EMPTY_CAPTIONS
 from howto_prep.extract.video_set import extract_video_set, finish_set
 from howto_prep.files import atomic_write_json
@@ -33,30 +34,44 @@ if TYPE_CHECKING:
     from howto_prep.features.tokens import Word2VecVocabulary
 
 VIDEO_LEVEL_DIR = "video-level"
+MIN_CLIP_SECONDS = 1e-3  # a segment must start at least this long before the video's end
+END_TOLERANCE_SECONDS = 1.0  # annotations in whole seconds may end a little past the file's last frame
+MISSING_REASONS = ("video_absent", "video_failed", "outside_video", "unreadable")
 
 
 def build_clip_set(plan: ExtractPlan, videos: dict[str, Path], captions: dict[str, dict],
                    vocab: Word2VecVocabulary) -> dict:
     """Extract the annotated videos once into `OUT/video-level/`, then cut their clips into `plan.out`."""
-    assert plan.clip_annotations is not None
-    benchmark, clips = plan.clip_annotations.benchmark, plan.clip_annotations.clips
+    annotations = plan.clip_annotations
+    assert annotations is not None
+    clips = annotations.clips
     if not clips:
-        raise UserError(f"the {benchmark} annotations list no clips for this split")
+        raise UserError(f"the {annotations.benchmark} annotations list no clips for this split")
     wanted_ids = list(dict.fromkeys(clip.video_id for clip in clips))
-    missing = [video_id for video_id in wanted_ids if video_id not in videos]
-    if len(missing) == len(wanted_ids):
-        raise UserError(f"none of the {len(wanted_ids)} annotated videos is in {plan.videos_dir} (e.g. {missing[0]})")
+    absent = [video_id for video_id in wanted_ids if video_id not in videos]
+    if len(absent) == len(wanted_ids):
+        raise UserError(f"none of the {len(wanted_ids)} annotated videos is in {plan.videos_dir} (e.g. {absent[0]})")
     out_dir = plan.out
     video_level = replace(plan, out=out_dir / VIDEO_LEVEL_DIR)
     wanted = {video_id: videos[video_id] for video_id in wanted_ids if video_id in videos}
     extract_video_set(video_level, wanted, {video_id: captions.get(video_id, EMPTY_CAPTIONS) for video_id in wanted},
                       vocab)
-    result = build_clip_shards(video_level.out, clips, benchmark, vocab, out_dir, plan.shard_size, plan.prefix)
-    print(f"clip set {out_dir}: {benchmark}, {result['present']} of {result['expected']} clips "
-          f"({result['written']} new); {len(missing)} annotated video(s) not found in {plan.videos_dir}",
-          file=sys.stderr)
+    result = build_clip_shards(video_level.out, annotations, vocab, out_dir, plan.shard_size, plan.prefix,
+                               absent_videos=set(absent))
+    print(f"clip set {out_dir}: {clip_set_summary(result, annotations)}", file=sys.stderr)
     print(shards.shard_set_summary(out_dir))
     return result
+
+
+def clip_set_summary(result: dict, annotations: ClipAnnotations) -> str:
+    """The protocol line, then present/expected clips and why the others are missing."""
+    reasons = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in result["missing_reasons"].items() if count)
+    skipped = len(annotations.source.without_sentences)
+    return (f"{describe(annotations.record())}\n{result['present']} of {result['expected']} clips present "
+            f"({result['written']} new)" + (f"; missing: {reasons}" if reasons else "")
+            + (f"; {skipped} video(s) without any sentence skipped (not in N)" if skipped else "")
+            + (f"; {result['cut_at_video_end']} clip(s) end past their video's end and were cut there"
+               if result["cut_at_video_end"] else ""))
 
 
 def row_span(start: float, end: float | None, rate: float, available: int, rounding: str = "outer") -> slice:
@@ -74,14 +89,21 @@ def row_span(start: float, end: float | None, rate: float, available: int, round
     return slice(first, last)
 
 
-def clip_fields(sample: dict, clip: ClipRecord,
+def clip_span(clip: ClipRecord, duration: float) -> tuple[float, float] | None:
+    """The clip's [start, end) inside a video of `duration` s, or None when the segment starts past its end."""
+    if clip.start >= duration - MIN_CLIP_SECONDS:
+        return None
+    end = duration if clip.end is None else min(float(clip.end), duration)
+    return float(clip.start), end
+
+
+def clip_fields(sample: dict, clip: ClipRecord, span: tuple[float, float],
                 vocab: Word2VecVocabulary) -> tuple[dict[str, bytes], np.ndarray, float]:
     """One clip's fields (encoded), its token ids and its length in seconds, from a decoded video sample."""
     meta = dict(sample[schema.META_FIELD])
     duration = float(meta["duration"])
-    end = duration if clip.end is None else min(float(clip.end), duration)
-    start = min(float(clip.start), max(duration - 1e-3, 0.0))
-    length = max(end - start, 0.0)
+    start, end = span
+    length = end - start
     fields: dict[str, bytes] = {}
     for spec, rounding in ((schema.RESNET152, "outer"), (schema.RESNEXT101, "outer")):
         if spec.field in sample:
@@ -103,34 +125,62 @@ def clip_fields(sample: dict, clip: ClipRecord,
     return fields, tokens.astype(np.int64), length
 
 
-def build_clip_shards(video_shards: Path, clips: Iterable[ClipRecord], benchmark: str, vocab: Word2VecVocabulary,
+def build_clip_shards(video_shards: Path, annotations: ClipAnnotations, vocab: Word2VecVocabulary,
                       out_dir: Path, max_bytes: int = schema.DEFAULT_SHARD_BYTES,
-                      prefix: str = schema.DEFAULT_PREFIX) -> dict:
+                      prefix: str = schema.DEFAULT_PREFIX, absent_videos: set[str] | None = None) -> dict:
     """Write the clip-level shard set `out_dir` from the video-level set `video_shards`; resumable.
 
-    Clips already in finished shards are skipped; `clips.json` lists every annotated clip (in
-    annotation order) and `num_expected`, so clips whose video is missing still count in evaluation.
+    Clips already in finished shards are skipped. `clips.json` lists every annotated clip (in
+    annotation order), `num_expected` and the protocol, and says why each missing clip is missing
+    (video absent, video failed, segment outside the video file), so they count against N.
     """
-    clips = list(clips)
+    clips = list(annotations.clips)
     by_video: dict[str, list[ClipRecord]] = defaultdict(list)
     for clip in clips:
         by_video[clip.video_id].append(clip)
     out_dir = Path(out_dir)
     writer = shards.ShardWriter(out_dir, max_bytes, prefix)
     done = shards.finished_keys(out_dir)
-    written = 0
+    written, cut = 0, 0
+    outside: set[str] = set()
+    seen_videos: set[str] = set()
     with writer:
         for sample in shards.iterate_samples(video_shards):
+            seen_videos.add(sample["__key__"])
+            duration = float(sample[schema.META_FIELD]["duration"])
             for clip in by_video.get(sample["__key__"], []):
+                span = clip_span(clip, duration)
+                if span is None:
+                    outside.add(clip.clip_id)
+                    continue
+                cut += clip.end is not None and clip.end > duration + END_TOLERANCE_SECONDS
                 if clip.clip_id in done:
                     continue
-                fields, token_ids, length = clip_fields(sample, clip, vocab)
+                fields, token_ids, length = clip_fields(sample, clip, span, vocab)
                 writer.write(clip.clip_id, fields, token_ids, length)
                 written += 1
     finish_set(out_dir, vocab)
     present = shards.finished_keys(out_dir)
-    listing = {"benchmark": benchmark, "split": clips[0].split if clips else None,
-               "clip_ids": [clip.clip_id for clip in clips], "num_expected": len(clips),
-               "missing": [clip.clip_id for clip in clips if clip.clip_id not in present]}
+    missing = {clip.clip_id: missing_reason(clip, outside, seen_videos, absent_videos or set())
+               for clip in clips if clip.clip_id not in present}
+    if outside:
+        print(f"warning: {len(outside)} annotated segment(s) start after the end of their video file "
+              f"(e.g. {sorted(outside)[0]}): counted as missing", file=sys.stderr)
+    by_reason = {reason: [clip_id for clip_id, r in missing.items() if r == reason] for reason in MISSING_REASONS}
+    reasons = {reason: len(ids) for reason, ids in by_reason.items()}
+    listing = {"benchmark": annotations.benchmark, "split": annotations.source.split,
+               "protocol": annotations.record(), "clip_ids": [clip.clip_id for clip in clips],
+               "num_expected": len(clips), "missing": list(missing), "missing_by_reason": by_reason,
+               "without_sentences": list(annotations.source.without_sentences), "cut_at_video_end": cut}
     atomic_write_json(out_dir / schema.CLIPS_FILE, listing)
-    return {"written": written, "present": len(present), "expected": len(clips)}
+    return {"written": written, "present": len(present), "expected": len(clips), "missing_reasons": reasons,
+            "cut_at_video_end": cut}
+
+
+def missing_reason(clip: ClipRecord, outside: set[str], seen_videos: set[str], absent_videos: set[str]) -> str:
+    """Why a listed clip has no sample: one of MISSING_REASONS."""
+    if clip.clip_id in outside:
+        return "outside_video"
+    if clip.video_id in absent_videos:
+        return "video_absent"
+    return "video_failed" if clip.video_id not in seen_videos else "unreadable"

@@ -12,16 +12,29 @@ from pathlib import Path
 
 from howto_prep import schema
 from howto_prep.errors import UserError
-from howto_prep.extract.annotations import ClipRecord, load_clips_csv, load_msrvtt, load_youcook2
+from howto_prep.extract.annotations import ClipList, ClipRecord, load_clips_csv, load_msrvtt, load_youcook2
 from howto_prep.extract.inputs import check_weights
+from howto_prep.extract.protocols import Protocol, choose_protocol, protocol_record
 
 
 @dataclass(frozen=True)
 class ClipAnnotations:
-    """The clips of a clip-level set and the benchmark whose annotation file listed them."""
+    """The clips of a clip-level set, the benchmark whose files listed them and the protocol they define."""
 
-    benchmark: str  # youcook2 | msrvtt | clips
-    clips: tuple[ClipRecord, ...]
+    source: ClipList
+    protocol: Protocol | None = None  # None: a custom set
+
+    @property
+    def benchmark(self) -> str:
+        """youcook2 | msrvtt | clips: a protocol's benchmark wins (it sets the evaluation lengths)."""
+        return self.protocol.benchmark if self.protocol else self.source.benchmark
+
+    @property
+    def clips(self) -> tuple[ClipRecord, ...]:
+        return self.source.clips
+
+    def record(self) -> dict:
+        return protocol_record(self.source, self.protocol)
 
 
 @dataclass(frozen=True)
@@ -87,15 +100,21 @@ def check_model_weights(spec: str, option: str, named: tuple[str, ...]) -> None:
 
 
 def read_clip_annotations(args: argparse.Namespace) -> ClipAnnotations | None:
-    """The clips of whichever annotation option was given, or None for a video-level run."""
+    """The clips of whichever annotation option was given and their protocol, or None for a video-level run."""
     if args.test_list is not None and args.msrvtt is None:
         raise UserError("--test-list only applies with --msrvtt")
     if args.youcook2 is not None:
-        return ClipAnnotations("youcook2", tuple(load_youcook2(args.youcook2, args.split or "validation")))
-    if args.msrvtt is not None:
-        return ClipAnnotations("msrvtt", tuple(load_msrvtt(args.msrvtt, args.split or "test", args.test_list)))
-    if args.clips is not None:
-        return ClipAnnotations("clips", tuple(load_clips_csv(args.clips)))
-    if args.split is not None:
-        raise UserError("--split only applies with --youcook2 or --msrvtt")
-    return None
+        source = load_youcook2(args.youcook2, args.split or "validation")
+    elif args.msrvtt is not None:
+        source = load_msrvtt(args.msrvtt, args.split or "test", args.test_list)
+    elif args.clips is not None:
+        if args.split is not None:
+            raise UserError("--split only applies with --youcook2 or --msrvtt")
+        source = load_clips_csv(args.clips)
+    else:
+        if args.split is not None:
+            raise UserError("--split only applies with --youcook2 or --msrvtt")
+        if getattr(args, "protocol", None) is not None:
+            raise UserError("--protocol only applies with --youcook2, --msrvtt or --clips")
+        return None
+    return ClipAnnotations(source, choose_protocol(source, getattr(args, "protocol", None)))
