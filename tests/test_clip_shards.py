@@ -7,8 +7,9 @@ import pytest
 from gensim.models import Word2Vec
 
 from howto_prep import schema, shards
-from howto_prep.extract.annotations import ClipRecord
+from howto_prep.extract.annotations import ClipList, ClipRecord
 from howto_prep.extract.clip_set import build_clip_shards, row_span
+from howto_prep.extract.plan import ClipAnnotations
 from howto_prep.features.tokens import Word2VecVocabulary
 
 
@@ -36,6 +37,10 @@ def video_sample(video_id: str, duration: float, with_audio: bool) -> dict[str, 
     return fields
 
 
+def youcook2_list(clips: list[ClipRecord]) -> ClipAnnotations:
+    return ClipAnnotations(ClipList("youcook2", "validation", tuple(clips), "youcook2-json"))
+
+
 def test_row_span_rules():
     assert row_span(2.0, 5.0, 1.0, 30) == slice(2, 5)
     assert row_span(2.5, 5.2, 1.0, 30) == slice(2, 6)
@@ -56,8 +61,9 @@ def test_clip_shards_slice_and_list_missing(tmp_path, vocab):
         ClipRecord("gone_______0000", "gone_______", 0.0, 4.0, ("whisk",), "validation"),
     ]
     out = tmp_path / "clips"
-    result = build_clip_shards(video_dir, clips, "youcook2", vocab, out)
-    assert result == {"written": 2, "present": 2, "expected": 3}
+    annotations = youcook2_list(clips)
+    result = build_clip_shards(video_dir, annotations, vocab, out)
+    assert (result["written"], result["present"], result["expected"]) == (2, 2, 3)
     samples = {s["__key__"]: s for s in shards.iterate_samples(out)}
     first = samples["vidA________0000"]
     assert first["resnet152.npy"][:, 0].tolist() == [2, 3, 4]
@@ -73,5 +79,28 @@ def test_clip_shards_slice_and_list_missing(tmp_path, vocab):
     vocab_words = (out / "vocab" / "words.txt").read_text().split()
     assert sorted(vocab_words) == sorted({"crack", "the", "eggs", "slice", "onions"})
     # A rerun writes nothing new and keeps what is there.
-    assert build_clip_shards(video_dir, clips, "youcook2", vocab, out)["written"] == 0
+    assert build_clip_shards(video_dir, annotations, vocab, out)["written"] == 0
     assert len(list(shards.iterate_samples(out))) == 2
+
+
+def test_segment_after_the_video_end_is_missing_not_shortened(tmp_path, vocab, capsys):
+    """A segment that starts after the file ends is reported and counted missing, never a 0.001 s clip;
+    one that only ends past the end is cut there and counted."""
+    video_dir = tmp_path / "videos"
+    with shards.ShardWriter(video_dir) as writer:
+        writer.write("vidA_______", video_sample("vidA_______", 30.0, True), seconds=30)
+    clips = [
+        ClipRecord("vidA________0000", "vidA_______", 2.0, 5.0, ("crack the eggs",), "validation"),
+        ClipRecord("vidA________0001", "vidA_______", 35.0, 41.0, ("whisk eggs",), "validation"),
+        ClipRecord("vidA________0002", "vidA_______", 25.0, 33.0, ("slice onions",), "validation"),
+        ClipRecord("gone_______0000", "gone_______", 0.0, 4.0, ("whisk",), "validation"),
+    ]
+    out = tmp_path / "clips"
+    result = build_clip_shards(video_dir, youcook2_list(clips), vocab, out, absent_videos={"gone_______"})
+    assert (result["present"], result["expected"], result["cut_at_video_end"]) == (2, 4, 1)
+    assert "start after the end of their video" in capsys.readouterr().err
+    manifest = json.loads((out / schema.CLIPS_FILE).read_text())
+    assert manifest["missing_by_reason"]["outside_video"] == ["vidA________0001"]
+    assert manifest["missing_by_reason"]["video_absent"] == ["gone_______0000"]
+    cut = {s["__key__"]: s for s in shards.iterate_samples(out)}["vidA________0002"]
+    assert cut["meta.json"]["clip_end"] == 30.0 and cut["resnet152.npy"][:, 0].tolist() == [25, 26, 27, 28, 29]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -32,15 +33,21 @@ def test_youcook2_and_msrvtt_clip_counts(synth_corpus, tmp_path):
     span = first["meta.json"]["clip_end"] - first["meta.json"]["clip_start"]
     assert abs(first["logmel.npy"].shape[1] - 100 * span) <= 1 or "logmel" in first["meta.json"]["missing"]
 
-    test_ids = synth_corpus.msrvtt_test_list.read_text().split()
+    listed = {row["video_id"]: row["sentence"] for row in csv.DictReader(synth_corpus.msrvtt_test_list.open())}
     out = tmp_path / "msrvtt-1kA"
     result = extract("--videos", str(synth_corpus.msrvtt_dir), "--word2vec", str(synth_corpus.word2vec),
                      "--msrvtt", str(synth_corpus.msrvtt_json), "--test-list", str(synth_corpus.msrvtt_test_list),
                      "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     samples = {sample["__key__"]: sample for sample in shards.iterate_samples(out)}
-    assert sorted(samples) == sorted(test_ids)
-    assert all(len(sample["captions.json"]["text"]) == 20 for sample in samples.values())
+    assert sorted(samples) == sorted(listed)
+    # The JSFusion list's sentence is each clip's one sentence, so it is the query (not sen_id 0).
+    assert {key: sample["captions.json"]["text"] for key, sample in samples.items()} == {
+        key: [sentence] for key, sentence in listed.items()}
+    protocol = json.loads((out / schema.CLIPS_FILE).read_text())["protocol"]
+    assert protocol["name"] == "msrvtt-1ka" and protocol["num_expected"] == len(listed)
+    assert not protocol["standard"]  # a 1k-A list with fewer than 1,000 rows is marked non-standard
+    assert "protocol msrvtt-1ka" in result.stderr
 
 
 def test_clip_options_bad_input(synth_corpus, tmp_path):

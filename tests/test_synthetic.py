@@ -67,7 +67,7 @@ def test_cli_is_deterministic_across_processes_and_seed_dependent(tmp_path, synt
     assert cli_files == metadata_files(here.root)
     assert {"HowTo100M_v1.csv", "task_ids.csv", "caption.json", "ids.txt", "word2vec.bin", "README.txt",
             "synth_truth.json", "heldout/youcookii_annotations_trainval.json", "heldout/videodatainfo.json",
-            "heldout/msrvtt_test_1kA.txt", "heldout/caption.json"} <= set(cli_files)
+            "heldout/MSRVTT_JSFUSION_test.csv", "heldout/caption.json"} <= set(cli_files)
     loaded = load_corpus(tmp_path / "cli")
     assert (loaded.video_ids, loaded.fps, loaded.no_audio_ids) == (here.video_ids, here.fps, here.no_audio_ids)
     assert here.heldout_ids == [] and json.loads(here.youcook2_json.read_text()) == {"database": {}}
@@ -234,9 +234,12 @@ def test_msrvtt_annotations_and_clip_files(synth_corpus):
         per_video[sentence["video_id"]] = per_video.get(sentence["video_id"], 0) + 1
     assert per_video == {video["video_id"]: 20 for video in videos}
     assert [s["sen_id"] for s in data["sentences"]] == list(range(len(data["sentences"])))
-    test_ids = synth_corpus.msrvtt_test_list.read_text().split()
+    rows = list(csv.DictReader(synth_corpus.msrvtt_test_list.open()))
+    test_ids = [row["video_id"] for row in rows]
     assert test_ids == [v["video_id"] for v in videos if v["split"] == "test"] and test_ids
-    assert [clip.video_id for clip in load_msrvtt(synth_corpus.msrvtt_json, test_list=synth_corpus.msrvtt_test_list)] == test_ids
+    listed = load_msrvtt(synth_corpus.msrvtt_json, test_list=synth_corpus.msrvtt_test_list)
+    assert [clip.video_id for clip in listed] == test_ids
+    assert [clip.captions for clip in listed] == [(row["sentence"],) for row in rows]
     fps = synth_corpus.fps
     for video in videos:
         source = video["url"].split("v=")[1]

@@ -3,11 +3,13 @@
 YouCook2: one entry per held-out video, one integer-second segment per shown step, the step's
 clean sentence. MSR-VTT: each clip is one or two consecutive steps of a held-out video, written as
 its own short mp4 (`msrvtt/videoN.mp4`, as the real data set ships one file per clip), with 20
-sentences, a split, and the 1k-A-style list of test ids.
+sentences, a split, and a 1k-A-style list of the test clips in the JSFusion csv format.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from dataclasses import dataclass
 
@@ -105,3 +107,18 @@ def msrvtt_info(clips: list[MsrvttClip], rng: np.random.Generator) -> dict:
     info = {"contributor": "howto-mft synthetic corpus", "data_created": "synthetic",
             "version": "1.0", "description": "MSR-VTT-format clips of the held-out synthetic videos"}
     return {"info": info, "videos": videos, "sentences": sentences}
+
+
+def jsfusion_list(test_clips: list[MsrvttClip], info: dict) -> str:
+    """The JSFusion 1k-A list's csv (key,vid_key,video_id,sentence): each video once, with one of its
+    sentences (its sixth by sen_id, so that the query is not simply the first sentence)."""
+    sentences: dict[str, list[str]] = {}
+    for item in sorted(info["sentences"], key=lambda item: item["sen_id"]):
+        sentences.setdefault(item["video_id"], []).append(item["caption"])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["key", "vid_key", "video_id", "sentence"])
+    for number, clip in enumerate(test_clips):
+        writer.writerow([f"ret{number}", clip.video_id.replace("video", "msr"), clip.video_id,
+                         sentences[clip.video_id][5 % len(sentences[clip.video_id])]])
+    return buffer.getvalue()

@@ -18,7 +18,7 @@ Layout of `--out DIR`:
       videodatainfo.json                    MSR-VTT format; "videoN" is its own file msrvtt/videoN.mp4,
                                             cut from the held-out video named in its "url" between
                                             "start time" and "end time"
-      msrvtt_test_1kA.txt                   the test clip ids ("videoN"), one per line
+      MSRVTT_JSFUSION_test.csv              the 1k-A-style test list: key,vid_key,video_id,sentence
       msrvtt/videoN.mp4
     README.txt            this list
 
@@ -40,7 +40,7 @@ import numpy as np
 
 from howto_prep.errors import UserError
 from howto_prep.files import atomic_write_text, is_temp_name
-from howto_prep.synthetic.benchmarks import msrvtt_clips, msrvtt_info, youcook2_database
+from howto_prep.synthetic.benchmarks import jsfusion_list, msrvtt_clips, msrvtt_info, youcook2_database
 from howto_prep.synthetic.content import TASKS
 from howto_prep.synthetic.metadata import README_MARK, csv_text, ground_truth, readme_text
 from howto_prep.synthetic.narration import narrate
@@ -215,8 +215,9 @@ def generate_corpus(
     atomic_write_text(info.heldout_captions, _json(heldout_captions))
     atomic_write_text(heldout_dir / "ids.txt", "".join(f"{video_id}\n" for video_id in info.heldout_ids))
     atomic_write_text(info.youcook2_json, _json(youcook2_database(heldout)))
-    atomic_write_text(info.msrvtt_json, _json(msrvtt_info(clips, np.random.default_rng([seed, 6]))))
-    atomic_write_text(info.msrvtt_test_list, "".join(f"{c.video_id}\n" for c in clips if c.split == "test"))
+    msrvtt = msrvtt_info(clips, np.random.default_rng([seed, 6]))
+    atomic_write_text(info.msrvtt_json, _json(msrvtt))
+    atomic_write_text(info.msrvtt_test_list, jsfusion_list([c for c in clips if c.split == "test"], msrvtt))
     atomic_write_text(info.truth, _json(ground_truth(plans, heldout, clips)))
     atomic_write_text(out / "README.txt", readme_text(videos, heldout_videos, len(clips), seed, encoding))
     info = load_corpus(out)
@@ -230,7 +231,7 @@ def _paths(root: Path, video_ids: list[str], heldout_ids: list[str], msrvtt_ids:
         root=root, csv=root / "HowTo100M_v1.csv", task_ids=root / "task_ids.csv", captions=root / "caption.json",
         ids=root / "ids.txt", videos_dir=root / "videos", word2vec=root / "word2vec.bin", heldout_dir=heldout_dir,
         youcook2_json=heldout_dir / "youcookii_annotations_trainval.json",
-        msrvtt_json=heldout_dir / "videodatainfo.json", msrvtt_test_list=heldout_dir / "msrvtt_test_1kA.txt",
+        msrvtt_json=heldout_dir / "videodatainfo.json", msrvtt_test_list=heldout_dir / "MSRVTT_JSFUSION_test.csv",
         video_ids=video_ids, heldout_ids=heldout_ids, heldout_videos_dir=heldout_dir / "videos",
         heldout_captions=heldout_dir / "caption.json", msrvtt_dir=heldout_dir / "msrvtt", msrvtt_ids=msrvtt_ids,
         truth=root / "synth_truth.json",

@@ -67,7 +67,7 @@ heldout/videos/      {heldout} held-out videos; heldout/caption.json, heldout/id
 heldout/youcookii_annotations_trainval.json   YouCook2-format segments of the held-out videos
 heldout/videodatainfo.json                    MSR-VTT-format clips ({clips}), 20 sentences each
 heldout/msrvtt/videoN.mp4                     one file per MSR-VTT clip
-heldout/msrvtt_test_1kA.txt                   test clip ids
+heldout/MSRVTT_JSFUSION_test.csv             the 1k-A-style test list (JSFusion csv)
 
 Each task has 4 steps; each step has its own shape+colour+motion, sound (tone, chord, noise band or
 pulsed tone at its own frequency) and 3 narration words. See synth_truth.json for the mapping.
