@@ -28,10 +28,41 @@ def test_metrics_with_ties_match_hand_ranks() -> None:
     assert got == pytest.approx({"R1": 25.0, "R5": 100.0, "R10": 100.0, "R50": 100.0, "MedR": 2.0, "MeanR": 2.25})
 
 
-def test_two_way_tie_for_first_place_counts_as_rank_half() -> None:
-    # q0: tie with one other target at the top -> rank 0.5; q1: 0.3 > 0.1 -> rank 0.
+def test_two_way_tie_for_first_place_is_rank_half_and_not_an_r1_hit() -> None:
+    # q0: tie with one other target at the top -> rank 0.5; q1: 0.3 > 0.1 -> rank 0. The released R@1
+    # counts rank == 0 only, so q0 is a miss for R@1 and a hit for R@5.
     got = retrieval_metrics(np.array([[0.5, 0.5], [0.1, 0.3]]))
-    assert got == pytest.approx({"R1": 100.0, "R5": 100.0, "R10": 100.0, "R50": 100.0, "MedR": 1.25, "MeanR": 1.25})
+    assert got == pytest.approx({"R1": 50.0, "R5": 100.0, "R10": 100.0, "R50": 100.0, "MedR": 1.25, "MeanR": 1.25})
+
+
+def released_rule(sims: np.ndarray) -> dict[str, float]:
+    """The released EAO code's metric, written out: sort the negated row, average the positions equal to
+    the diagonal's, then R1 = share of positions == 0 and R@K = share < K."""
+    cols = []
+    for row, positive in zip(-sims, -np.diag(sims)):
+        positions = np.flatnonzero(np.sort(row) == positive)
+        cols.append(positions.mean())
+    cols = np.array(cols)
+    out = {"R1": 100.0 * np.mean(cols == 0)}
+    out.update({f"R{k}": 100.0 * np.mean(cols < k) for k in (5, 10, 50)})
+    out.update(MedR=np.median(cols) + 1, MeanR=np.mean(cols) + 1)
+    return out
+
+
+def test_matches_the_released_rule_on_matrices_with_ties() -> None:
+    rng = np.random.default_rng(3)
+    for size in (2, 7, 60):
+        sims = rng.integers(0, 4, (size, size)).astype(float)  # four levels: many ties, often at the top
+        assert retrieval_metrics(sims) == pytest.approx(released_rule(sims))
+
+
+def test_several_positives_rank_the_best_one() -> None:
+    # Query 0's positives are targets 1 and 3 (0.4 and 0.8): its best, 0.8, is beaten by 0.9 -> rank 1.
+    # Query 1's one positive is target 0 (0.2), tied with target 2 and beaten by 0.7 -> rank 1 + 1/2.
+    sim = np.array([[0.9, 0.4, 0.1, 0.8], [0.2, 0.7, 0.2, 0.1]])
+    positives = np.array([[False, True, False, True], [True, False, False, False]])
+    got = retrieval_metrics(sim, positives=positives)
+    assert got == pytest.approx({"R1": 0.0, "R5": 100.0, "R10": 100.0, "R50": 100.0, "MedR": 2.25, "MeanR": 2.25})
 
 
 def test_missing_queries_count_as_misses() -> None:

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from howto_prep.files import atomic_path
+from mft_train.evaluation.metrics import recall_at
 
 
 def recall_curve(ranks: np.ndarray, num_expected: int, ks: np.ndarray) -> np.ndarray:
-    """R@K in percent for each K: present queries with rank < K over num_expected (missing = misses)."""
+    """R@K in percent for each K: present queries that are hits at K over num_expected (missing = misses)."""
     ranks = np.asarray(ranks, dtype=np.float64)
-    return np.array([100.0 * float((ranks < k).sum()) / num_expected for k in ks])
+    return np.array([100.0 * float(recall_at(ranks, int(k)).sum()) / num_expected for k in ks])
 
 
 def recall_ks(num_expected: int) -> np.ndarray:
@@ -21,8 +22,11 @@ def recall_ks(num_expected: int) -> np.ndarray:
     return grid[grid >= 1]
 
 
-def plot_recall_at_k(ranks: dict[str, np.ndarray], num_expected: int, path: Path, title: str = "") -> Path:
-    """One R@K curve per combination, plus the chance line 100 K / N; written atomically to `path`."""
+def plot_recall_at_k(ranks: dict[str, np.ndarray], num_expected: int, path: Path, title: str = "",
+                     queries_expected: dict[str, int] | None = None) -> Path:
+    """One R@K curve per combination, plus the chance line 100 K / N; written atomically to `path`.
+
+    `queries_expected` gives a combination its own denominator (MSR-VTT full: all sentences for t->x)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,7 +36,8 @@ def plot_recall_at_k(ranks: dict[str, np.ndarray], num_expected: int, path: Path
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=100)
     try:
         for name, combo_ranks in ranks.items():
-            axes.plot(ks, recall_curve(combo_ranks, num_expected, ks), label=name, linewidth=1.4)
+            denominator = (queries_expected or {}).get(name, num_expected)
+            axes.plot(ks, recall_curve(combo_ranks, denominator, ks), label=name, linewidth=1.4)
         axes.plot(ks, 100.0 * ks / num_expected, "k--", label="chance", linewidth=1.0)
         axes.set_xscale("log")
         axes.set_xlabel("K")
