@@ -56,7 +56,7 @@ def make_clip(rng: np.random.Generator, world: dict, clip_id: str, topic: int, l
 def write_clip_set(root: Path, clips_per_topic: int = 1, topics: int = 12, world_seed: int = 0, seed: int = 1,
                    benchmark: str = "youcook2", length: tuple[float, float] = (5.0, 14.0), sentences: int = 1,
                    shards: int = 2, missing: int = 0, no_audio: tuple[int, ...] = (), no_words: tuple[int, ...] = (),
-                   manifest: bool = True) -> dict:
+                   manifest: bool = True, protocol: dict | None = None) -> dict:
     """Write topics * clips_per_topic clips over `shards` shards, vocab/, index.json and clips.json.
 
     `missing` extra clip ids are listed in clips.json but have no sample (they count as misses);
@@ -81,7 +81,8 @@ def write_clip_set(root: Path, clips_per_topic: int = 1, topics: int = 12, world
     if manifest:
         (root / "clips.json").write_text(json.dumps({
             "benchmark": benchmark, "split": "validation", "clip_ids": all_ids,
-            "num_expected": len(all_ids), "missing": all_ids[count:]}))
+            "num_expected": len(all_ids), "missing": all_ids[count:],
+            **({"protocol": protocol} if protocol else {})}))
     return {"ids": ids, "topics": clip_topics, "num_expected": len(all_ids)}
 
 

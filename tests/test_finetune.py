@@ -90,6 +90,11 @@ def test_best_checkpoint_holds_the_best_epoch_and_frozen_batchnorm(setup: dict, 
         assert not torch.equal(init["heads.text.fc.weight"], best_state["model"]["heads.text.fc.weight"])
     assert len(list((out / "checkpoints").glob("step-*.pt"))) >= 1
     assert (out / "best-eval.json").is_file() and (out / "best-eval.png").read_bytes()[:4] == b"\x89PNG"
+    # Per-query ranks for the best epoch and for every epoch evaluated (epoch 0 = before fine-tuning).
+    best_lines = (out / "best-eval.queries.jsonl").read_text().splitlines()
+    assert best_lines and all("ranks" in json.loads(line) or "missing" in json.loads(line) for line in best_lines)
+    epochs = sorted(path.name for path in (out / "eval").glob("epoch-*.queries.jsonl"))
+    assert epochs == [f"epoch-{row['epoch']:03d}.queries.jsonl" for row in results["epochs"]]
 
 
 def test_results_table_is_printed_with_chance(finetuned: dict) -> None:

@@ -17,7 +17,7 @@ from howto_prep.schema import LOGMEL, RESNET152, RESNEXT101, WORD_DIM
 from mft_train.data.clips import ClipSpec, clip_token_ids, draw_start, plan_clip, video_token_rows
 from mft_train.data.shards import DecodedSample, WordTable
 
-BOOKKEEPING_KEYS = ("video_id", "clip_id", "clip_index")
+BOOKKEEPING_KEYS = ("video_id", "clip_id", "clip_index", "query_text")
 
 
 def collate(videos: list[list[dict]], words: WordTable, max_words: int, audio_pad_value: float) -> dict:

@@ -61,6 +61,30 @@ class ClipSet:
         return str(self.manifest.get("benchmark", "clips"))
 
     @property
+    def protocol(self) -> dict:
+        """The protocol record clips.json keeps (name, N, query rule); {} for a set built before protocols."""
+        record = self.manifest.get("protocol")
+        return record if isinstance(record, dict) else {}
+
+    @property
+    def all_sentences(self) -> bool:
+        """Whether every sentence of a clip is a query (MSR-VTT full) rather than its first one."""
+        return bool(self.protocol.get("all_sentences", False))
+
+    @property
+    def num_expected_queries(self) -> int:
+        """Text queries the protocol counts (present or not): N, or all sentences under MSR-VTT full."""
+        queries = self.protocol.get("num_queries")
+        return int(queries) if isinstance(queries, int) and queries > 0 else self.num_expected
+
+    def missing_reasons(self) -> dict[str, str]:
+        """{clip id: why it has no sample} for the listed clips the shards lack (clips.json)."""
+        by_reason = self.manifest.get("missing_by_reason")
+        if not isinstance(by_reason, dict):
+            return {str(clip_id): "missing" for clip_id in self.manifest.get("missing", [])}
+        return {str(clip_id): str(reason) for reason, ids in by_reason.items() for clip_id in ids}
+
+    @property
     def num_clips(self) -> int:
         """Clips present in the shards (the index's sample counts)."""
         return self.shards.num_videos
@@ -181,10 +205,14 @@ def clip_batches(clip_set: ClipSet, batch_clips: int, *, video_tokens: int, audi
     caption_rng = np.random.default_rng(shuffle_seed if shuffle_seed is not None else 0)
     pending: list[list[dict]] = []
 
+    texts: list[str] = []
+
     def flush() -> dict:
         batch = collate(pending, clip_set.words, max_words, audio_pad_value)
         batch["clip_id"] = [clips[0]["video_id"] for clips in pending]
         batch["clip_index"] = torch.tensor([i for i, clips in enumerate(pending) for _ in clips], dtype=torch.long)
+        batch["query_text"] = list(texts)
+        texts.clear()
         return batch
 
     for record in iterate_records(clip_set, shuffle_seed, shuffle_buffer):
@@ -197,8 +225,48 @@ def clip_batches(clip_set: ClipSet, batch_clips: int, *, video_tokens: int, audi
         for example in examples:
             example["video_id"] = record.video_id
         pending.append(examples)
+        texts.append(record.caption_texts[caption] if caption < len(record.caption_texts) else "")
         if len(pending) == batch_clips:
             yield flush()
             pending = []
     if pending and len(pending) >= min_clips:
+        yield flush()
+
+
+TEXT_ONLY_AUDIO_FRAMES = 64  # one audio token after DAVEnet-v2's x64 (four after v1's x16), all masked
+
+
+def sentence_batches(clip_set: ClipSet, batch_size: int, max_words: int = 20,
+                     audio_pad_value: float = 0.0) -> Iterator[dict]:
+    """Every sentence of every clip as a text-only row, for protocols whose queries are all sentences.
+
+    Both models embed text from the text alone (EAO: the text tokens through the shared block by
+    themselves; MCN: its text branch), so each row carries a one-token video and a 64-frame audio,
+    both masked out, instead of the clip's features: 20 sentences cost about one clip's encoding.
+    `clip_id` names each sentence's clip and `query_text` the sentence.
+    """
+    pending: list[list[dict]] = []
+    owners: list[str] = []
+    texts: list[str] = []
+
+    def flush() -> dict:
+        batch = collate(pending, clip_set.words, max_words, audio_pad_value)
+        batch.update(clip_id=list(owners), query_text=list(texts),
+                     clip_index=torch.arange(len(pending), dtype=torch.long))
+        for pending_list in (pending, owners, texts):
+            pending_list.clear()
+        return batch
+
+    for record in iterate_records(clip_set):
+        for caption in range(len(record.token_offsets) - 1):
+            example = whole_clip(record, 1, TEXT_ONLY_AUDIO_FRAMES, max_words, caption)
+            example["video_mask"][:] = False
+            example["audio_mask"][:] = False
+            example["video_id"] = record.video_id
+            pending.append([example])
+            owners.append(record.video_id)
+            texts.append(record.caption_texts[caption] if caption < len(record.caption_texts) else "")
+            if len(pending) == batch_size:
+                yield flush()
+    if pending:
         yield flush()

@@ -131,6 +131,7 @@ class DecodedSample:
     caption_ends: np.ndarray  # (C,)
     tokens: np.ndarray  # (N,) int32 word2vec row ids
     token_offsets: np.ndarray  # (C + 1,) int32
+    caption_texts: tuple[str, ...] = ()  # the sentences themselves (evaluation reports name each query)
 
 
 def _npy(sample: dict, field: str) -> np.ndarray:
@@ -152,4 +153,5 @@ def decode_sample(sample: dict) -> DecodedSample:
         caption_ends=np.asarray(captions["end"], np.float64),
         tokens=_npy(sample, TOKENS_FIELD),
         token_offsets=_npy(sample, TOKEN_OFFSETS_FIELD),
+        caption_texts=tuple(str(text) for text in captions.get("text", ())),
     )

@@ -12,18 +12,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
 from howto_prep.errors import UserError
 from mft_train.config import RunConfig
 from mft_train.data.clips import clip_spec
-from mft_train.data.eval_sets import ClipSet, clip_batches, open_clip_set
+from mft_train.data.eval_sets import ClipSet, clip_batches, open_clip_set, sentence_batches
 from mft_train.evaluation.encode import encode_clips
-from mft_train.evaluation.report import format_table, save_report
-from mft_train.evaluation.scoring import score_embeddings, similarities_for
+from mft_train.evaluation.report import format_table, report_title, save_report
+from mft_train.evaluation.scoring import COMBINATIONS, SentenceQueries, combo_name, score_embeddings, similarities_for
 from mft_train.models import build_model
 from mft_train.presets import apply_override
 from mft_train.training.checkpoints import load_checkpoint
@@ -60,7 +61,11 @@ def default_json_path(checkpoint: Path, shards: Path) -> Path:
 def evaluate_checkpoint(state: dict, clip_set: ClipSet, strategy: str = "at_once", num_expected: int | None = None,
                         device: torch.device | None = None, batch_clips: int = 64,
                         model: nn.Module | None = None) -> dict:
-    """Full evaluation of a checkpoint (or of `model` built from it) on a ClipSet -> JSON-ready report."""
+    """Full evaluation of a checkpoint (or of `model` built from it) on a ClipSet -> JSON-ready report.
+
+    The report names the protocol (clips.json) and keeps, under "_queries", one record per query
+    with the rank of its target in every combination (written as JSON lines beside the report).
+    """
     config = RunConfig.from_dict(state["config"], where=str(state.get("path", "the checkpoint")))
     expected = clip_set.num_expected if num_expected is None else num_expected
     if expected <= 0:
@@ -69,25 +74,79 @@ def evaluate_checkpoint(state: dict, clip_set: ClipSet, strategy: str = "at_once
     model = model if model is not None else model_from_checkpoint(state)
     device = device or torch.device("cpu")
     model.to(device)
+    query_texts: list[str] = []
     batches = clip_batches(
         clip_set, batch_clips, video_tokens=video_tokens, audio_frames=audio_frames,
         max_words=config.data.max_words, audio_pad_value=config.data.audio_pad_value,
         strategy=strategy, window=clip_spec(config.data),
     )
-    embeddings, clip_ids = encode_clips(model, batches, device, amp=config.train.amp)
+    embeddings, clip_ids = encode_clips(model, keep_query_texts(batches, query_texts), device, amp=config.train.amp)
     if len(clip_ids) > expected:
         raise UserError(f"--num-expected {expected} is smaller than the {len(clip_ids)} clips in the shards")
+    sentences, sentence_texts = None, []
+    if clip_set.all_sentences:
+        sentences, sentence_texts = encode_sentences(model, clip_set, clip_ids, config, device, batch_clips)
     results, ranks = {}, {}
     for similarity in similarities_for(config.model):
-        results[similarity], ranks[similarity] = score_embeddings(embeddings, expected, similarity)
+        results[similarity], ranks[similarity] = score_embeddings(embeddings, expected, similarity, sentences)
+    queries_expected = {combo_name(q, t): sentences.num_expected for q, t in COMBINATIONS if q == "t"} if sentences else {}
+    if sentences is not None:
+        query_texts = sentence_texts
     return {
         "checkpoint": state.get("path"), "shards": str(clip_set.root), "benchmark": clip_set.benchmark,
-        "strategy": strategy, "lengths": {"video_tokens": video_tokens, "audio_frames": audio_frames},
+        "protocol": clip_set.protocol or None, "strategy": strategy,
+        "lengths": {"video_tokens": video_tokens, "audio_frames": audio_frames},
         "num_clips": len(clip_ids), "num_expected": expected, "chance_R1": 100.0 / expected,
+        "num_queries": len(sentences.owners) if sentences else len(clip_ids),
+        "num_expected_queries": sentences.num_expected if sentences else expected,
+        "missing": len(clip_set.missing_reasons()) if num_expected is None else expected - len(clip_ids),
         "empty": {m: int(embeddings[f"{m}_empty"].sum()) for m in "tva"},
         "headline": similarities_for(config.model)[0], "results": results,
-        "_ranks": ranks,
+        "_ranks": ranks, "_queries_expected": queries_expected,
+        "_queries": query_records(clip_ids, query_texts, sentences, ranks, clip_set.missing_reasons()),
     }
+
+
+def keep_query_texts(batches: Iterable[dict], texts: list[str]) -> Iterator[dict]:
+    """Pass the batches on, collecting each clip's query sentence into `texts` on the way."""
+    for batch in batches:
+        texts.extend(batch.get("query_text", []))
+        yield batch
+
+
+def encode_sentences(model: nn.Module, clip_set: ClipSet, clip_ids: list[str], config: RunConfig,
+                     device: torch.device, batch_size: int) -> tuple[SentenceQueries, list[str]]:
+    """Text embeddings of every sentence of every present clip (a protocol whose queries are all sentences)."""
+    texts: list[str] = []
+    batches = sentence_batches(clip_set, batch_size, config.data.max_words, config.data.audio_pad_value)
+    out, owners = encode_clips(model, keep_query_texts(batches, texts), device, amp=config.train.amp)
+    row_of = {clip_id: row for row, clip_id in enumerate(clip_ids)}
+    queries = SentenceQueries(out["t"], np.array([row_of[owner] for owner in owners]), clip_set.num_expected_queries)
+    return queries, texts
+
+
+def query_records(clip_ids: list[str], texts: list[str], sentences: SentenceQueries | None,
+                  ranks: dict[str, dict[str, np.ndarray]], missing: dict[str, str]) -> list[dict]:
+    """One record per query: its clip, its sentence and its target's zero-based rank per similarity and combination.
+
+    Queries by sentence come first (one per clip, or one per sentence under MSR-VTT full); with
+    several sentences per clip, the clip-side queries (v->t, v->a, ...) follow as their own records;
+    listed clips without a sample close the list as {"clip_id", "missing": reason}.
+    """
+    def pick(index: int, text_side: bool) -> dict[str, dict[str, float]]:
+        return {similarity: {name: float(values[index]) for name, values in by_combo.items()
+                             if (name.startswith("t->") == text_side) or sentences is None}
+                for similarity, by_combo in ranks.items()}
+
+    records: list[dict] = []
+    owners = sentences.owners if sentences is not None else np.arange(len(clip_ids))
+    for index, owner in enumerate(owners):
+        records.append({"clip_id": clip_ids[owner], "query": texts[index] if index < len(texts) else None,
+                        "ranks": pick(index, True)})
+    if sentences is not None:
+        records += [{"clip_id": clip_id, "query": None, "ranks": pick(index, False)} for index, clip_id in enumerate(clip_ids)]
+    records += [{"clip_id": clip_id, "missing": reason} for clip_id, reason in missing.items()]
+    return records
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -106,10 +165,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     device = choose_device(config.train.device, available_device())
     report = evaluate_checkpoint(state, clip_set, args.strategy, args.num_expected, device)
     for similarity, results in report["results"].items():
-        title = (f"{report['benchmark']}: {report['num_clips']} clips of {report['num_expected']} expected, "
-                 f"strategy {report['strategy']}, {similarity} similarity")
-        print(format_table(results, report["num_expected"], title))
+        print(format_table(results, report["num_expected"], report_title(report, similarity)))
         print()
-    json_path, png = save_report(report, args.json or default_json_path(Path(state["path"]), Path(args.shards)))
-    print(f"evaluate: wrote {json_path} and {png}", file=sys.stderr)
+    json_path, png, queries = save_report(report, args.json or default_json_path(Path(state["path"]), Path(args.shards)))
+    print(f"evaluate: wrote {json_path}, {queries} (one line per query) and {png}", file=sys.stderr)
     return 0

@@ -25,6 +25,7 @@ from howto_prep.errors import UserError
 from mft_train.config import RunConfig
 from mft_train.data.eval_sets import ClipSet, clip_batches, open_clip_set
 from mft_train.evaluation.evaluate import evaluate_checkpoint, load_weights
+from mft_train.evaluation.report import QUERIES_SUFFIX, write_query_lines
 from mft_train.presets import load_raw
 from mft_train.training import checkpoints
 from mft_train.training.distributed import DistInfo, init_distributed, share_per_rank, shutdown_distributed
@@ -35,6 +36,7 @@ from mft_train.training.trainer import Trainer
 PRESET_BY_BENCHMARK = {"youcook2": "eao_finetune_youcook2", "msrvtt": "eao_finetune_msrvtt"}
 DEFAULT_PRESET = "eao_finetune_youcook2"
 EVAL_SCALARS = ("R1", "R5", "R10")
+EPOCH_QUERIES_DIR = "eval"  # OUT/eval/epoch-NNN.queries.jsonl: every epoch's per-query ranks
 
 
 def best_key(results: dict[str, dict[str, float]]) -> tuple[float, float, float]:
@@ -118,6 +120,7 @@ class EvaluateEachEpoch:
         state = {"config": self.config.to_dict(), "path": str(self.run_dir)}
         report = evaluate_checkpoint(state, self.eval_set, "at_once", None, trainer.device, model=trainer.model)
         trainer.model.eval()  # evaluation restores the mode it found; fine-tuning keeps BatchNorm frozen
+        write_query_lines(self.run_dir / EPOCH_QUERIES_DIR / f"epoch-{epoch:03d}{QUERIES_SUFFIX}", report["_queries"])
         results = report["results"][report["headline"]]
         row = {"epoch": epoch, "step": trainer.step, "loss": loss, "results": results}
         self.history.append(row)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from mft_train.data.eval_sets import ClipSet
-from mft_train.evaluation.report import format_table, save_report, write_json
+from mft_train.evaluation.report import format_table, report_title, save_report, write_json
 from mft_train.training.checkpoints import BEST_FILE
 
 RESULTS_FILE = "results.json"
@@ -45,9 +45,10 @@ def print_and_save_results(run_dir: Path, history: list[dict], best: dict, init_
                                         "eval_shards": str(eval_set.root), "num_expected": report["num_expected"],
                                         "chance_R1": chance, "best_epoch": best_epoch, "selection": SELECTION_NOTE,
                                         "epochs": history})
-    json_path, png = save_report(report, run_dir / "best-eval.json")
+    json_path, png, queries = save_report(report, run_dir / "best-eval.json")
     print(format_table(report["results"][report["headline"]], report["num_expected"],
-                       f"best epoch {best_epoch} on {report['benchmark']} ({report['num_clips']} clips)"))
+                       f"best epoch {best_epoch}: {report_title(report, report['headline'])}"))
     print()
     print(format_results(history, best_epoch, chance))
-    print(f"finetune: wrote {run_dir / BEST_FILE}, {run_dir / RESULTS_FILE}, {json_path}, {png}", file=sys.stderr)
+    print(f"finetune: wrote {run_dir / BEST_FILE}, {run_dir / RESULTS_FILE}, {json_path}, {queries}, {png}",
+          file=sys.stderr)
