@@ -4,27 +4,71 @@ task's exception means."""
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any, Callable, Iterable, Iterator
 
-from howto_prep.errors import FailureKind
+from howto_prep.errors import FailureKind, SystemFault
 
 
-def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Join `address` (a cluster) or start a quiet local Ray; idempotent."""
+LOCAL = "local"  # Ray's address for "start a new local instance", whatever else is running
+
+
+def ray_target(address: str | None) -> tuple[str, str]:
+    """(the address to init Ray with, where it came from).
+
+    `--address` wins; else RAY_ADDRESS (set by Ray jobs and KubeRay pods: the cluster the command was
+    sent to); else a new local Ray. Plain `ray.init()` would also join whatever a `ray start` left in
+    its current-cluster file, live or stale after a crash, and then refuse our num_cpus/num_gpus.
+    """
+    if address:
+        return address, "--address"
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    return LOCAL, "local"
+
+
+def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> str:
+    """Join a cluster (--address, else RAY_ADDRESS) or start a quiet local Ray; idempotent.
+
+    Returns where it runs. A cluster that cannot be reached is a SystemFault naming the address and
+    where it came from; the local sizes (num_cpus, num_gpus) apply only to a local Ray.
+    """
     import ray
 
+    target, source = ray_target(address)
     if ray.is_initialized():
-        return
+        return target
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Every task result we wait for is read and classified; what is never read is the rest of a run we
     # stopped on purpose (a system fault), whose errors Ray would print as tracebacks after our one line.
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False,
                               "log_to_driver": True, "logging_level": "ERROR"}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+    if target == LOCAL:
+        ray.init(address=LOCAL, num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+        return target
+    try:
+        check_reachable(target)
+        ray.init(address=target, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError, OSError) as err:
+        first_line = " ".join(str(err).split())[:300]
+        raise SystemFault(f"cannot join the Ray cluster at {target} (from {source}): {first_line}; "
+                          "start it, or unset RAY_ADDRESS for a local Ray") from None
+    return target
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast on a host:port with nothing listening: Ray itself retries such an address for minutes."""
+    if "://" in address or ":" not in address:
+        return  # "auto" or a Ray Client URL: Ray resolves those itself
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except ValueError:
+        raise ValueError(f"{address!r} is not host:port") from None
+    except OSError as err:
+        raise ConnectionError(f"nothing answers at {address} ({err.strerror or err})") from None
 
 
 def bounded_map(submit: Callable[[Any], Any], items: Iterable[Any], max_in_flight: int) -> Iterator[tuple[Any, Any]]:
