@@ -67,7 +67,7 @@ def torch_logmel(audio: np.ndarray) -> np.ndarray:
     import torch
 
     padded = torch.from_numpy(emphasised_and_padded(audio).astype(np.float64))
-    window = torch.hamming_window(N_FFT, periodic=True, dtype=torch.float64)
+    window = torch.hamming_window(N_FFT, periodic=False, dtype=torch.float64)  # AVLnet's symmetric window
     spectrum = torch.stft(padded, N_FFT, hop_length=HOP, win_length=N_FFT, window=window, center=False,
                           return_complex=True)
     power = (spectrum.real.square() + spectrum.imag.square()).numpy()

@@ -50,7 +50,8 @@ def reference_logmel(x: np.ndarray) -> np.ndarray:
         y[t] = x[t] - 0.97 * x[t - 1]
     # Reflect padding by hand: sample -k mirrors sample k (the edge itself is not repeated).
     padded = np.concatenate([y[1:201][::-1], y, y[-201:-1][::-1]])
-    window = np.array([0.54 - 0.46 * math.cos(2 * math.pi * n / 400) for n in range(400)])
+    # AVLnet's window: scipy.signal.hamming(400), symmetric (denominator N - 1 = 399).
+    window = np.array([0.54 - 0.46 * math.cos(2 * math.pi * n / 399) for n in range(400)])
     n_frames = 1 + len(x) // 160
     power = np.zeros((201, n_frames))
     for f in range(n_frames):

@@ -1,9 +1,10 @@
 """Audio features: the AVLnet log-mel spectrogram used by Everything-at-Once and MCN.
 
 Recipe (docs/recipes.md section 3): 16 kHz mono; DC mean removed; pre-emphasis 0.97; STFT with
-n_fft = win = 400 and hop 160 (100 frames/s), periodic Hamming window, centered with reflect padding
-(librosa's default, so F = 1 + len // 160); power spectrum; 40 Slaney mel bins (Slaney norm) from
-20 Hz to 8 kHz; power_to_db with ref = max over the clip, amin 1e-10, top_db 80: values in [-80, 0].
+n_fft = win = 400 and hop 160 (100 frames/s), symmetric Hamming window (AVLnet's scipy.signal.hamming),
+centered with reflect padding (librosa's default, so F = 1 + len // 160); power spectrum; 40 Slaney
+mel bins (Slaney norm) from 20 Hz to 8 kHz; power_to_db with ref = max over the clip, amin 1e-10,
+top_db 80: values in [-80, 0].
 """
 
 from __future__ import annotations
@@ -62,8 +63,12 @@ def logmel_float32(audio: np.ndarray, sample_rate: int = schema.AUDIO_SAMPLE_RAT
 
 
 def hamming_window(length: int) -> np.ndarray:
-    """Periodic Hamming window (scipy/torch `periodic=True`): 0.54 - 0.46 cos(2 pi n / length)."""
-    return 0.54 - 0.46 * np.cos(2.0 * np.pi * np.arange(length, dtype=np.float64) / length)
+    """Symmetric Hamming window, 0.54 - 0.46 cos(2 pi n / (length - 1)): AVLnet hands librosa
+    `scipy.signal.hamming`, which librosa calls as `window(400)`, i.e. with scipy's default sym=True
+    (docs/recipes.md section 3). Not torch's default, which is the periodic window."""
+    if length == 1:
+        return np.ones(1, dtype=np.float64)
+    return 0.54 - 0.46 * np.cos(2.0 * np.pi * np.arange(length, dtype=np.float64) / (length - 1))
 
 
 def check_audio(audio: np.ndarray, sample_rate: int) -> np.ndarray:
