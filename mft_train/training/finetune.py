@@ -1,9 +1,10 @@
 """`mft-train finetune`: the papers' fine-tuning recipe on a clip-level shard set, through the one Trainer.
 
 Recipe (docs/recipes.md section 6; presets eao_finetune_youcook2 / _msrvtt / _small): Adam with the
-preset's learning rate, all six combinatorial loss weights 1, one example per clip (the whole clip
-at the preset's lengths, one of its sentences drawn per epoch), the model kept in eval mode so
-DAVEnet's BatchNorm statistics stay frozen. The model's architecture and initial weights come from
+preset's learning rate times 0.9 after every epoch (ExponentialLR, as the released configs), all six
+combinatorial loss weights 1, one example per clip (the whole clip at the preset's lengths, one of
+its sentences drawn per epoch), the model kept in eval mode so DAVEnet's BatchNorm statistics stay
+frozen. The model's architecture and initial weights come from
 --init. What differs from pretraining is only the Trainer's batch source (ClipEpochs) and its
 hooks (EvaluateEachEpoch); a checkpoint is written after every epoch.
 
