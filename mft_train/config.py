@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from howto_prep.errors import UserError
+from mft_train.data.clips import CLIP_ANCHORS
 from mft_train.data.stream import ORDERS
 from mft_train.losses.combinatorial import CombinatorialLossConfig
 from mft_train.losses.objectives import LOSS_CONFIGS, LossConfig
@@ -34,6 +35,7 @@ class DataSettings:
     audio_shift: bool = True  # the paper's +4 s audio shift (quirk), on in the paper preset
     audio_shift_seconds: float = 4.0
     max_words: int = 20
+    clip_anchor: str = "random_start"  # EAO: a uniform start; "random_caption": MCN's drawn caption
     audio_pad_value: float = 0.0  # the paper pads log-mel with 0 dB, i.e. "loudest" (quirk)
     shuffle_buffer: int = 1000
     workers: int = 4
@@ -44,6 +46,7 @@ class DataSettings:
                                         "max_words", "shuffle_buffer"))
         require_non_negative(self, "data", ("workers", "audio_shift_seconds"))
         require_choice(self, "data", "order", ORDERS)
+        require_choice(self, "data", "clip_anchor", CLIP_ANCHORS)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ def test_span_grows_with_the_neighbour_that_keeps_it_shortest():
     # then only next -> [0, 12] (12 s >= 8): stop.
     assert plan.caption_order == (1, 2, 0, 3)
     assert plan.video_window == (0.0, 12.0)
-    assert plan.audio_window == (7.0, 7.0 + 7.68)
+    # audio: the span's start + 4 s, in released frames floor(100 t - 1.25): frames 398 .. 1198
+    assert plan.audio_window == (3.98, 11.98)
 
 
 def test_ties_take_the_previous_caption():
@@ -53,7 +54,8 @@ def test_clip_without_captions_has_no_text_and_its_own_window():
     starts, ends = timeline((0, 1), (20, 21))
     plan = plan_clip(5.0, starts, ends, ClipSpec(audio_shift_seconds=0.0))
     assert not plan.has_text and plan.caption_order == ()
-    assert plan.video_window == (5.0, 13.0) and plan.audio_window == (5.0, 12.68)
+    # audio: 768 frames from the drawn start's released frame floor(500 - 1.25) = 498
+    assert plan.video_window == (5.0, 13.0) and plan.audio_window == (4.98, 12.66)
 
 
 def test_start_is_uniform_in_the_allowed_range():

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from howto_prep.schema import LOGMEL, RESNET152, RESNEXT101, WORD_DIM
-from mft_train.data.clips import ClipSpec, clip_token_ids, draw_start, plan_clip, video_token_rows
+from mft_train.data.clips import ClipSpec, clip_token_ids, draw_clip_plan, video_token_rows
 from mft_train.data.shards import DecodedSample, WordTable
 
 BOOKKEEPING_KEYS = ("video_id", "clip_id", "clip_index", "query_text")
@@ -86,8 +86,8 @@ def video_clip_block(record: DecodedSample, count: int, spec: ClipSpec, rng: np.
     normalised once for all its clips, the audio is copied once in its final dtype, and the text
     stays as token ids until `collate_blocks` looks the words up.
     """
-    plans = [plan_clip(draw_start(rng, record.duration, spec.clip_seconds), record.caption_starts,
-                       record.caption_ends, spec) for _ in range(count)]
+    plans = [draw_clip_plan(rng, record.duration, record.caption_starts, record.caption_ends, spec)
+             for _ in range(count)]
     video_dtype, audio_dtype = feature_dtypes(audio_pad_value, half_features)
     video = np.zeros((count, spec.video_tokens, RESNET152.dim + RESNEXT101.dim), video_dtype)
     video_mask = np.zeros((count, spec.video_tokens), bool)
@@ -110,7 +110,8 @@ def video_clip_block(record: DecodedSample, count: int, spec: ClipSpec, rng: np.
     if record.logmel is not None:
         for i, plan in enumerate(plans):
             first = int(round(plan.audio_window[0] * LOGMEL.rate))
-            frames = record.logmel[:, first : first + spec.audio_frames]
+            stop = min(first + spec.audio_frames, int(round(plan.audio_window[1] * LOGMEL.rate)))
+            frames = record.logmel[:, first : max(first, stop)]  # an MCN span shorter than 10 s stops at its end
             audio[i, :, : frames.shape[1]] = frames
             audio_mask[i, : frames.shape[1]] = True
     return {

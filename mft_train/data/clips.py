@@ -1,8 +1,9 @@
-"""Everything-at-Once clip sampling (docs/recipes.md section 6) as pure functions over one video's arrays.
+"""Training clip sampling (docs/recipes.md sections 6 and 8) as pure functions over one video's arrays.
 
-`plan_clip` decides *which* captions and time windows a clip uses; `clip_arrays` turns a plan into
-fixed-size arrays with masks. Neither touches files or global state, so the tests check them
-against caption timelines worked out by hand.
+`plan_clip` (EAO: a drawn start) and `plan_caption_clip` (MCN: a drawn caption) decide *which*
+captions and time windows a clip uses; `draw_clip_plan` draws one the way the config's anchor says;
+`clip_arrays` turns a plan into fixed-size arrays with masks. None touches files or global state, so
+the tests check them against caption timelines worked out by hand.
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from howto_prep.schema import LOGMEL, RESNET152, RESNEXT101
+from howto_prep.features.logmel import HOP, N_FFT
+from howto_prep.schema import AUDIO_SAMPLE_RATE, LOGMEL, RESNET152, RESNEXT101
 from mft_train.data.shards import DecodedSample
 
 if TYPE_CHECKING:
     from mft_train.config import DataSettings
+
+# How a training clip is anchored: "random_start" (EAO: a uniform start, then the caption covering it)
+# or "random_caption" (MCN: a caption drawn uniformly among the video's captions).
+CLIP_ANCHORS = ("random_start", "random_caption")
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,7 @@ class ClipSpec:
     audio_frames: int = 768
     audio_shift_seconds: float = 4.0  # the EAO code's random shift is always +4 s (quirk); 0 turns it off
     max_words: int = 20
+    anchor: str = "random_start"  # one of CLIP_ANCHORS
 
 
 def clip_spec(data: DataSettings) -> ClipSpec:
@@ -39,12 +46,16 @@ def clip_spec(data: DataSettings) -> ClipSpec:
         audio_frames=data.audio_frames,
         audio_shift_seconds=data.audio_shift_seconds if data.audio_shift else 0.0,
         max_words=data.max_words,
+        anchor=data.clip_anchor,
     )
 
 
 @dataclass(frozen=True)
 class ClipPlan:
-    """Where one clip lies: the drawn start, its captions (anchor first) and its time windows (s)."""
+    """Where one clip lies: the drawn start, its captions (anchor first) and its time windows (s).
+
+    The audio window holds log-mel frame boundaries divided by the frame rate: `clip_arrays` takes
+    frames round(rate * audio_window[0]) up to round(rate * audio_window[1]), at most audio_frames."""
 
     start: float
     caption_order: tuple[int, ...]  # anchor first, then captions in the order they were added
@@ -66,26 +77,49 @@ def _containing(starts: np.ndarray, ends: np.ndarray, time: float) -> int | None
     return int(hits[0]) if hits.size else None
 
 
-def plan_clip(start: float, caption_starts: np.ndarray, caption_ends: np.ndarray, spec: ClipSpec) -> ClipPlan:
-    """Apply the paper's rule to a drawn start.
+def released_frame_index(seconds: float) -> int:
+    """Log-mel frame of an instant as the released EAO and MCN loaders compute it (librosa's
+    time_to_frames with n_fft = 400): samples truncated, minus half a window, floor-divided by the hop,
+    i.e. floor(100 t - 1.25) up to float rounding. Negative near 0 s; callers clamp."""
+    samples = int(seconds * AUDIO_SAMPLE_RATE)
+    return (samples - N_FFT // 2) // HOP
 
-    Anchor on the caption containing `start`, else the one containing `start + clip_seconds`, else
-    the clip has no text. Grow the caption span [lo, hi] one neighbour at a time, taking the one
-    that keeps the span shortest (ties: the previous caption), until it lasts >= clip_seconds or
-    no neighbour is left. The video window is the span; without text it is the drawn clip itself.
-    """
-    end = start + spec.clip_seconds
-    audio_start = start + spec.audio_shift_seconds
-    audio_window = (audio_start, audio_start + spec.audio_frames / LOGMEL.rate)
-    anchor = _containing(caption_starts, caption_ends, start)
-    if anchor is None:
-        anchor = _containing(caption_starts, caption_ends, end)
-    if anchor is None:
-        return ClipPlan(start, (), (start, end), audio_window)
+
+def frame_window(first: int, stop: int) -> tuple[float, float]:
+    """Frames [first, stop) as the (start, end) seconds of a ClipPlan's audio window."""
+    return first / LOGMEL.rate, stop / LOGMEL.rate
+
+
+def audio_window_without_text(start: float, spec: ClipSpec) -> tuple[float, float]:
+    """A clip without text hears audio_frames frames from its drawn start, unshifted (released EAO)."""
+    first = max(0, released_frame_index(start))
+    return frame_window(first, first + spec.audio_frames)
+
+
+def audio_window_of_span(span: tuple[float, float], spec: ClipSpec) -> tuple[float, float]:
+    """Audio of a clip with text, anchored on the caption span's start as the released loaders do.
+
+    With a shift (EAO's always-taken `flag_text_audio_misaligned` branch): [span start + shift,
+    + clip_seconds]; without (MCN, EAO with the flag off): the span itself. The end frame bounds the
+    clip (at most audio_frames are kept); the start is clamped to frame 0 and the end to the start."""
+    if spec.audio_shift_seconds > 0:
+        begin = span[0] + spec.audio_shift_seconds
+        end = begin + spec.clip_seconds
+    else:
+        begin, end = span
+    first = max(0, released_frame_index(begin))
+    return frame_window(first, max(first, released_frame_index(end)))
+
+
+def grow_span(anchor: int, caption_starts: np.ndarray, caption_ends: np.ndarray,
+              min_seconds: float) -> tuple[int, int, tuple[int, ...]]:
+    """(lo, hi, order): grow [anchor, anchor] one neighbouring caption at a time, taking the one that
+    keeps the span shortest (ties: the previous caption), until it lasts >= min_seconds or no
+    neighbour is left. `order` lists the captions as they were added, anchor first."""
     lo = hi = anchor
     order = [anchor]
     count = len(caption_starts)
-    while caption_ends[hi] - caption_starts[lo] < spec.clip_seconds:
+    while caption_ends[hi] - caption_starts[lo] < min_seconds:
         with_previous = caption_ends[hi] - caption_starts[lo - 1] if lo > 0 else math.inf
         with_next = caption_ends[hi + 1] - caption_starts[lo] if hi + 1 < count else math.inf
         if math.isinf(with_previous) and math.isinf(with_next):
@@ -96,8 +130,45 @@ def plan_clip(start: float, caption_starts: np.ndarray, caption_ends: np.ndarray
         else:
             hi += 1
             order.append(hi)
-    window = (float(caption_starts[lo]), float(caption_ends[hi]))
-    return ClipPlan(start, tuple(order), window, audio_window)
+    return lo, hi, tuple(order)
+
+
+def plan_from_anchor(start: float, anchor: int, caption_starts: np.ndarray, caption_ends: np.ndarray,
+                     spec: ClipSpec) -> ClipPlan:
+    """The clip grown from caption `anchor`: video over the span, audio from the span's start."""
+    lo, hi, order = grow_span(anchor, caption_starts, caption_ends, spec.clip_seconds)
+    span = (float(caption_starts[lo]), float(caption_ends[hi]))
+    return ClipPlan(start, order, span, audio_window_of_span(span, spec))
+
+
+def plan_clip(start: float, caption_starts: np.ndarray, caption_ends: np.ndarray, spec: ClipSpec) -> ClipPlan:
+    """Apply the EAO rule to a drawn start.
+
+    Anchor on the caption containing `start`, else the one containing `start + clip_seconds`, else
+    the clip has no text; grow the span (`grow_span`). The video window is the span; without text it
+    is the drawn clip itself. Audio: `audio_window_of_span`, or `audio_window_without_text`.
+    """
+    end = start + spec.clip_seconds
+    anchor = _containing(caption_starts, caption_ends, start)
+    if anchor is None:
+        anchor = _containing(caption_starts, caption_ends, end)
+    if anchor is None:
+        return ClipPlan(start, (), (start, end), audio_window_without_text(start, spec))
+    return plan_from_anchor(start, anchor, caption_starts, caption_ends, spec)
+
+
+def plan_caption_clip(anchor: int, caption_starts: np.ndarray, caption_ends: np.ndarray, spec: ClipSpec) -> ClipPlan:
+    """Apply the MCN rule: the clip grown from a drawn caption (so every clip has text)."""
+    return plan_from_anchor(float(caption_starts[anchor]), anchor, caption_starts, caption_ends, spec)
+
+
+def draw_clip_plan(rng: np.random.Generator, duration: float, caption_starts: np.ndarray,
+                   caption_ends: np.ndarray, spec: ClipSpec) -> ClipPlan:
+    """One random clip as `spec.anchor` says: a uniform start (EAO), or a caption drawn uniformly
+    with replacement (MCN; a video without captions falls back to a drawn start, without text)."""
+    if spec.anchor == "random_caption" and len(caption_starts):
+        return plan_caption_clip(int(rng.integers(len(caption_starts))), caption_starts, caption_ends, spec)
+    return plan_clip(draw_start(rng, duration, spec.clip_seconds), caption_starts, caption_ends, spec)
 
 
 def video_token_rows(window: tuple[float, float], n3d: int, n2d: int, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +216,8 @@ def clip_arrays(record: DecodedSample, plan: ClipPlan, spec: ClipSpec) -> dict[s
     audio_mask = np.zeros(spec.audio_frames, bool)
     if record.logmel is not None:
         first = int(round(plan.audio_window[0] * LOGMEL.rate))
-        frames = record.logmel[:, first : first + spec.audio_frames]
+        stop = min(first + spec.audio_frames, int(round(plan.audio_window[1] * LOGMEL.rate)))
+        frames = record.logmel[:, first : max(first, stop)]
         audio[:, : frames.shape[1]] = frames
         audio_mask[: frames.shape[1]] = True
     return {
@@ -161,8 +233,7 @@ def sample_clips(record: DecodedSample, count: int, spec: ClipSpec, rng: np.rand
     """`count` independent random clips of one video, each tagged with its video id."""
     clips = []
     for _ in range(count):
-        start = draw_start(rng, record.duration, spec.clip_seconds)
-        plan = plan_clip(start, record.caption_starts, record.caption_ends, spec)
+        plan = draw_clip_plan(rng, record.duration, record.caption_starts, record.caption_ends, spec)
         clip = clip_arrays(record, plan, spec)
         clip["video_id"] = record.video_id
         clips.append(clip)

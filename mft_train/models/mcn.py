@@ -1,7 +1,7 @@
 """MCN, the Multimodal Clustering Network (Chen et al., ICCV 2021; docs/recipes.md section 8).
 
 Three independent branches into one 6,144-d space, compared with raw dot products:
-  video (B, Nv, 4096) -> max over the clip's real tokens -> GEU 4096 -> 6144
+  video (B, Nv, 4096) -> max over the clip's real tokens -> L2 each 2D / 3D half -> GEU 4096 -> 6144
   audio (B, 40, Na)   -> DAVEnet-v1 -> masked mean over time -> GEU 1024 -> 1024 -> Linear 1024 -> 6144
   text  (B, 20, 300)  -> Linear 300 -> 6144 + ReLU per word -> max over real words -> GEU 6144 -> 6144
 Reconstruction heads (Linear 6144 -> 1024, ReLU, Linear 1024 -> target) rebuild from each embedding
@@ -11,7 +11,8 @@ graph: a detached audio target moves as DAVEnet learns, and with the x50 weight 
 total loss climb during training; kept in the graph, both sides agree and the term falls.
 
 The batch is the shared one of mft_train.data.batch: every "video" token is concat(L2(2D), L2(3D)), so the
-max over tokens is the paper's max-pool of the L2-normalised 2D and 3D rows, concatenated.
+max over tokens is the paper's max-pool of the L2-normalised 2D and 3D rows; as in the released MCN
+loader, each pooled half is L2-normalised again before the concatenation reaches the GEU.
 An empty modality (no real token) yields an embedding from a zero input and a True `*_empty` flag;
 the losses drop such rows. Pair keys tv, ta, va are (x + y) / 2 of the raw embeddings, for the
 evaluator's fused retrieval (the paper scores text against video + audio).
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from howto_prep.schema import RESNET152
 from mft_train.models.davenet import build_davenet, downsample_mask
 from mft_train.models.inputs import SHORT, InputSettings, check_batch
 from mft_train.models.layers import GatedEmbeddingUnit, masked_mean
@@ -64,6 +66,13 @@ def masked_max(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.any(dim=1)[:, None], pooled, torch.zeros_like(pooled))
 
 
+def renormalise_halves(pooled: torch.Tensor, split: int = RESNET152.dim) -> torch.Tensor:
+    """concat(L2(pooled[:, :split]), L2(pooled[:, split:])): the released MCN loader normalises the
+    max-pooled 2D and 3D features again (a max of unit rows is not a unit vector); zeros stay zeros."""
+    first, second = pooled[:, :split], pooled[:, split:]
+    return torch.cat((nn.functional.normalize(first, dim=1), nn.functional.normalize(second, dim=1)), dim=1)
+
+
 class MCN(nn.Module):
     """MCN; forward(batch) -> t, v, a (B, embed_dim) raw embeddings, pairs, *_empty, recon_*/target_*."""
 
@@ -82,8 +91,8 @@ class MCN(nn.Module):
         )
 
     def encode_video(self, video: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(embedding, pooled input): max-pool of the clip's real tokens, then GEU."""
-        pooled = masked_max(video, mask)
+        """(embedding, pooled input): max-pool of the clip's real tokens, each half L2-normalised, then GEU."""
+        pooled = renormalise_halves(masked_max(video, mask))
         return self.video_head(pooled), pooled
 
     def encode_audio(self, logmel: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
