@@ -97,6 +97,16 @@ def their_heads(their_config: Mapping | None) -> int | None:
     return int(heads) if isinstance(heads, (int, float)) and not isinstance(heads, bool) else None
 
 
+def their_arch_type(their_config: Mapping | None) -> str | None:
+    """arch.type of their JSON config: the model class, which is all that names it when their trainer
+    saved `arch` as the DataParallel wrapper's class name."""
+    try:
+        arch_type = their_config["arch"]["type"]  # type: ignore[index]
+    except (KeyError, TypeError):
+        return None
+    return arch_type if isinstance(arch_type, str) and arch_type else None
+
+
 def infer_model_config(state_dict: Mapping[str, torch.Tensor], their_config: Mapping | None = None,
                        heads: int | None = None) -> dict:
     """Our `model:` config section for their state_dict (module. prefix already stripped).
@@ -171,6 +181,22 @@ def _unknown_key_error(key: str) -> UserError:
                      "(depth-1 fusion, gated projections per modality, no positional embeddings or CLS token)")
 
 
+def check_their_keys(state_dict: Mapping[str, torch.Tensor]) -> tuple[list[KeyMap], list[str]]:
+    """(the key table, the unused keys) if `state_dict` (no `module.` prefix) has exactly the keys of an
+    Everything-at-Once model; else a UserError naming the first unknown or missing key. Names only: this
+    tells an EAO state_dict when nothing else names the class (a DataParallel whose config does not)."""
+    _, depths = davenet_structure(state_dict)
+    table = list(key_table(depths, "fusion.blocks.0.attn.qkv.bias" in state_dict))
+    known = {entry.theirs for entry in table}
+    for key in state_dict:
+        if key not in known and not key.startswith(UNUSED_PREFIXES):
+            raise _unknown_key_error(key)
+    for entry in table:
+        if entry.theirs not in state_dict:
+            raise UserError(f"the checkpoint lacks {entry.theirs} (our {entry.ours})")
+    return table, sorted(key for key in state_dict if key.startswith(UNUSED_PREFIXES))
+
+
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size | tuple]
                        ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Their state_dict (no `module.` prefix) -> ours, checked against our model's `expected` shapes.
@@ -178,17 +204,9 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], expected: Mapping
     Returns (our state_dict with float tensors as float32, the unused keys dropped). Every key is
     accounted for: unknown, missing and mis-shaped keys are UserErrors naming their key.
     """
-    _, depths = davenet_structure(state_dict)
-    table = list(key_table(depths, "fusion.blocks.0.attn.qkv.bias" in state_dict))
-    known = {entry.theirs for entry in table}
-    dropped = sorted(key for key in state_dict if key.startswith(UNUSED_PREFIXES))
-    for key in state_dict:
-        if key not in known and not key.startswith(UNUSED_PREFIXES):
-            raise _unknown_key_error(key)
+    table, dropped = check_their_keys(state_dict)
     converted: dict[str, torch.Tensor] = {}
     for entry in table:
-        if entry.theirs not in state_dict:
-            raise UserError(f"the checkpoint lacks {entry.theirs} (our {entry.ours})")
         if entry.ours not in expected:
             raise UserError(f"internal: our model has no {entry.ours} for {entry.theirs}")
         tensor = state_dict[entry.theirs]

@@ -4,13 +4,16 @@ Why: the released checkpoints are the paper's trained model; with them `evaluate
 `embed` run on the published weights instead of a model we pretrained ourselves. Their file is a
 dict {arch, epoch, step, state_dict, optimizer, monitor_best, config} (their trainer's
 `_save_checkpoint`; `state_dict` possibly prefixed `module.` by DataParallel), or a bare state_dict.
+After multi-GPU training their trainer saved the wrapper's class name (arch "DataParallel"); the model
+class is then read from their config's arch.type, or, when the config does not say, from the tensors.
 
 Steps: read it without running code from it (mft_train.interop.safe_load), rename and reshape every
 tensor (mft_train.interop.eao_layout), infer our model config from the shapes, check that our model
 of that config accepts exactly these tensors, then write the run folder:
   config.yaml    our run config: the inferred model section + the other sections of --config
   best.pt        {"model", "config", "epoch", "step", "imported"}: what evaluate/finetune/embed read
-  imported.json  where it came from: file, sha256, their arch, epoch, step, monitor_best, their config
+  imported.json  where it came from: file, sha256, their arch (as saved) and model class (resolved),
+                 epoch, step, monitor_best, their config
 Their optimizer state is not kept (our fine-tuning starts its own optimiser).
 """
 
@@ -27,7 +30,8 @@ import torch
 from howto_prep.errors import UserError
 from howto_prep.files import atomic_write_json, atomic_write_text, file_sha256
 from mft_train.config import RunConfig
-from mft_train.interop.eao_layout import convert_state_dict, infer_model_config, strip_data_parallel, their_heads
+from mft_train.interop.eao_layout import (check_their_keys, convert_state_dict, infer_model_config,
+                                          strip_data_parallel, their_arch_type, their_heads)
 from mft_train.interop.safe_load import load_weights_only
 from mft_train.models import build_model
 from mft_train.presets import dump_config, load_raw
@@ -35,6 +39,7 @@ from mft_train.training import checkpoints
 from mft_train.training.run_folder import CONFIG_FILE
 
 ARCHES = ("EverythingAtOnceModel", "EverythingAtOnceModel_TV_Only")  # the same parameters
+WRAPPER_ARCHES = ("DataParallel", "DistributedDataParallel")  # type(self.model).__name__ of a wrapped model
 WRAPPER_KEYS = ("arch", "epoch", "step", "monitor_best", "config")
 IMPORT_FILE = "imported.json"
 DEFAULT_PRESET = "eao_howto100m"  # data/loss/train sections: the paper's pretraining, as their config
@@ -68,6 +73,26 @@ def _is_state_dict(obj: Any) -> bool:
                                                        for k, v in obj.items())
 
 
+def model_class(path: Path, arch: Any, their_config: Any) -> tuple[str | None, str]:
+    """(their model class, where it was read) for the saved `arch`; None: only the tensors can tell.
+
+    Why: their trainer saves `type(self.model).__name__`, which is "DataParallel" after multi-GPU
+    training; the wrapped class is then only in their config's arch.type."""
+    choices = " or ".join(ARCHES)
+    if arch is None:
+        return None, "tensors"
+    if arch in WRAPPER_ARCHES:
+        wrapped = their_arch_type(their_config)
+        if wrapped is None:
+            return None, "tensors"
+        if wrapped not in ARCHES:
+            raise UserError(f"{path} holds a {arch} of {wrapped}, not an Everything-at-Once model ({choices})")
+        return wrapped, "their config"
+    if arch not in ARCHES:
+        raise UserError(f"{path} holds a {arch}, not an Everything-at-Once model ({choices})")
+    return str(arch), "checkpoint arch"
+
+
 def read_authors_checkpoint(path: Path) -> AuthorsCheckpoint:
     """Their checkpoint dict or a bare state_dict -> AuthorsCheckpoint; anything else is a UserError."""
     loaded = load_weights_only(path)
@@ -76,12 +101,18 @@ def read_authors_checkpoint(path: Path) -> AuthorsCheckpoint:
     elif isinstance(loaded, dict) and _is_state_dict(loaded.get("state_dict")):
         state_dict = loaded["state_dict"]
         meta = {"format": "checkpoint", **{key: plain(loaded.get(key)) for key in WRAPPER_KEYS}}
-        arch = meta.get("arch")
-        if arch is not None and arch not in ARCHES:
-            raise UserError(f"{path} holds a {arch}, not an Everything-at-Once model ({' or '.join(ARCHES)})")
     else:
         raise UserError(f"{path} is neither an Everything-at-Once checkpoint (a dict with state_dict) nor a bare state_dict")
+    arch = meta.get("arch")
+    resolved, meta["model_class_from"] = model_class(path, arch, meta.get("config"))
     state_dict, prefixed = strip_data_parallel(state_dict)
+    if resolved is None and arch in WRAPPER_ARCHES:
+        try:  # nothing names the wrapped class: its tensors must be an EAO model's
+            check_their_keys(state_dict)
+        except UserError as err:
+            raise UserError(f"{path} holds a {arch} whose config names no model class, and its tensors are "
+                            f"not an Everything-at-Once model's: {err}") from None
+    meta["model_class"] = resolved or ARCHES[0]  # from the tensors: both ARCHES have the same ones
     meta["module_prefix"] = prefixed
     meta["num_keys"] = len(state_dict)
     return AuthorsCheckpoint(state_dict, meta)
@@ -141,7 +172,10 @@ def run_import_eao(args: argparse.Namespace) -> int:
         raise UserError(f"--heads must be positive, got {args.heads}")
     record = import_checkpoint(Path(args.checkpoint), Path(args.out), args.heads, args.config, args.overrides)
     out = Path(args.out)
-    where = f"their {record['format']}" + (f" ({record['arch']}, epoch {record['epoch']})" if record.get("arch") else "")
+    arch = record.get("arch")
+    if arch and arch != record["model_class"]:
+        arch = f"{arch} of {record['model_class']}"
+    where = f"their {record['format']}" + (f" ({arch}, epoch {record['epoch']})" if arch else "")
     prefix = ", `module.` prefix stripped" if record["module_prefix"] else ""
     dropped = record["dropped_keys"]
     unused = f", {len(dropped)} unused ones dropped (fusion.norm, davenet.batchnorm1)" if dropped else ""
