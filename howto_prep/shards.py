@@ -6,10 +6,15 @@ run leaves temporary files (ours by their name: `clean_unfinished` removes them)
 without its JSON; such a tar is never read, never overwritten and never deleted (we cannot know
 we made it): new shards take indices after every existing tar and JSON, and the tar's videos,
 not being in any finished shard, are redone. `howto-prep status` lists such tars.
+
+A storage fault (full disk, quota, file too large, read-only, I/O error) anywhere in that sequence
+raises SystemFault (files.storage_faults) and drops the open shard whole: its temporary file, or its
+tar if already renamed (made by this very call, so ours), never a JSON for a torn tar.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -23,8 +28,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 from howto_prep import schema
-from howto_prep.errors import FailureKind
-from howto_prep.files import atomic_path, atomic_write_json, file_sha256, is_temp_name
+from howto_prep.errors import FailureKind, SystemFault
+from howto_prep.files import (atomic_path, atomic_write_json, file_sha256, is_temp_name, remove_quietly,
+                              storage_faults)
 
 SHARD_JSON_PATTERN = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{6})\.json$")
 
@@ -59,7 +65,8 @@ def clean_unfinished(out_dir: Path) -> list[Path]:
     removed = []
     for path in out_dir.iterdir():
         if is_temp_name(path.name):
-            path.unlink(missing_ok=True)
+            with storage_faults(path):
+                path.unlink(missing_ok=True)
             removed.append(path)
     return removed
 
@@ -85,15 +92,17 @@ def used_token_ids(out_dir: Path) -> np.ndarray:
 
 
 def record_failure(out_dir: Path, video_id: str, kind: FailureKind, error: str) -> None:
-    """Append one line to failures.jsonl (a single small write, flushed)."""
+    """Append one line to failures.jsonl (a single small write, flushed). A storage fault is SystemFault:
+    the video is then not recorded (a torn line it may leave is skipped by readers and the next append)."""
     line = json.dumps({"video_id": video_id, "kind": kind.value, "error": error,
                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     path = Path(out_dir) / schema.FAILURES_FILE
-    torn = path.exists() and path.stat().st_size > 0 and _last_byte(path) != b"\n"  # a killed append
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(("\n" if torn else "") + line + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    with storage_faults(path):
+        torn = path.exists() and path.stat().st_size > 0 and _last_byte(path) != b"\n"  # a killed append
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(("\n" if torn else "") + line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def _last_byte(path: Path) -> bytes:
@@ -126,7 +135,8 @@ class ShardWriter:
         """`before_json(shard_name, token_ids)` runs after a shard's tar is in place and before its
         JSON makes it part of the set (extract writes the shard's vocabulary part there)."""
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with storage_faults(self.out_dir):
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.prefix = prefix
         self.before_json = before_json
@@ -135,8 +145,11 @@ class ShardWriter:
         taken = [int(match["index"]) for match in map(name.match, os.listdir(self.out_dir)) if match]
         self.next_index = max(taken) + 1 if taken else 0
         self._shard: ExitStack | None = None  # the open shard: its temporary file, renamed on close_shard
-        self._tar = None
-        self._stream = None
+        self._reset()
+
+    def _reset(self) -> None:
+        """No shard open (after closing or dropping one)."""
+        self._shard, self._tar, self._stream = None, None, None
         self._keys: list[str] = []
         self._token_ids: set[int] = set()
         self._seconds = 0.0
@@ -148,7 +161,13 @@ class ShardWriter:
             raise ValueError(f"sample key {key!r} contains a dot")
         if self._shard is None:
             self._open_shard()
-        self._tar.write({"__key__": key, **fields})
+        try:
+            self._tar.write({"__key__": key, **fields})
+        except BaseException as err:  # the tar may end in a torn member: drop the shard whole
+            shard, tar = self._shard, self._tar
+            self._reset()
+            self._drop(shard, tar, err)
+            raise
         self._keys.append(key)
         if token_ids is not None:
             self._token_ids.update(int(i) for i in np.unique(token_ids))
@@ -159,33 +178,60 @@ class ShardWriter:
     def _open_shard(self) -> None:
         import webdataset as wds
 
-        self._shard = ExitStack()
-        temp = self._shard.enter_context(atomic_path(self._final_path(schema.SHARD_NAME)))
-        self._stream = self._shard.enter_context(open(temp, "wb"))
+        with ExitStack() as stack:  # a failed open unwinds (atomic_path turns a storage fault into SystemFault)
+            temp = stack.enter_context(atomic_path(self._final_path(schema.SHARD_NAME)))
+            self._stream = stack.enter_context(open(temp, "wb"))
+            self._shard = stack.pop_all()
         self._tar = wds.TarWriter(self._stream, encoder=False, mtime=0.0)
 
     def _final_path(self, pattern: str) -> Path:
         return self.out_dir / pattern.format(prefix=self.prefix, index=self.next_index)
 
     def close_shard(self) -> Path | None:
-        """Finish the open shard: close, fsync, rename, hash, then write its JSON and the index."""
+        """Finish the open shard: close, fsync, rename, hash, then write its JSON and the index.
+
+        On an error before its JSON exists the shard is dropped whole (the next run redoes its videos);
+        the shard is no longer open either way."""
         if self._shard is None:
             return None
-        self._tar.close()
-        self._shard.close()  # closes the file, then syncs and renames it to its final name
-        final = self._final_path(schema.SHARD_NAME)
-        if self.before_json is not None:
-            self.before_json(final.stem, self._token_ids)
-        record = {"url": final.name, "keys": self._keys, "count": len(self._keys),
-                  "bytes": final.stat().st_size, "sha256": file_sha256(final),
-                  "video_seconds": round(self._seconds, 3), "token_ids": sorted(self._token_ids),
-                  "schema_version": schema.SCHEMA_VERSION}
-        atomic_write_json(self._final_path(schema.SHARD_JSON), record)
-        write_index(self.out_dir)
-        self._shard, self._tar, self._stream = None, None, None
-        self._keys, self._token_ids, self._seconds = [], set(), 0.0
+        shard, tar, keys, token_ids, seconds = self._shard, self._tar, self._keys, self._token_ids, self._seconds
+        final, record_path = self._final_path(schema.SHARD_NAME), self._final_path(schema.SHARD_JSON)
+        self._reset()
         self.next_index += 1
+        try:
+            tar.close()  # the end-of-archive blocks: the last bytes of the tar
+        except BaseException as err:
+            self._drop(shard, tar, err)
+            raise
+        shard.close()  # closes the file, then syncs and renames it to its final name (or removes it)
+        try:
+            with storage_faults(final):
+                if self.before_json is not None:
+                    self.before_json(final.stem, token_ids)
+                record = {"url": final.name, "keys": keys, "count": len(keys), "bytes": final.stat().st_size,
+                          "sha256": file_sha256(final), "video_seconds": round(seconds, 3),
+                          "token_ids": sorted(token_ids), "schema_version": schema.SCHEMA_VERSION}
+            atomic_write_json(record_path, record)
+        except BaseException:
+            remove_quietly(final)  # made by this call, so ours: without its JSON it would only be an orphan
+            raise
+        write_index(self.out_dir)
         return final
+
+    @staticmethod
+    def _drop(shard: ExitStack, tar, err: BaseException) -> None:  # type: ignore[no-untyped-def]
+        """Discard a shard after `err`: its temporary file is removed. A storage fault while doing so
+        comes out as SystemFault (atomic_path); otherwise the caller re-raises `err`."""
+        with contextlib.suppress(OSError):
+            tar.close()  # before its file goes (tarfile would flush into a closed file later)
+        shard.__exit__(type(err), err, err.__traceback__)
+
+    def keep_after_fault(self) -> None:
+        """The run stops on a fault raised elsewhere: keep the open shard's whole samples if the
+        filesystem still takes them; if it does not, the shard is dropped and nothing is raised, so
+        the first fault is the one reported."""
+        with contextlib.suppress(SystemFault, OSError):
+            self.close_shard()
 
     def close(self) -> None:
         self.close_shard()
@@ -199,11 +245,10 @@ class ShardWriter:
         if exc[0] is None:
             self.close()
         elif self._shard is not None:
-            try:
-                self._tar.close()  # before its file goes (tarfile would flush into a closed file later)
-            finally:
-                self._shard.__exit__(*exc)
-                self._shard, self._tar, self._stream = None, None, None
+            shard, tar = self._shard, self._tar
+            self._reset()
+            with contextlib.suppress(SystemFault, OSError):  # the error in flight is the one to report
+                self._drop(shard, tar, exc[1])
 
 
 def iterate_samples(out_dir: Path) -> Iterator[dict]:

@@ -60,6 +60,12 @@ def _row(values: tuple) -> VideoRow:
     return replace(row, failure_kind=failure_kind(row.failure_kind))
 
 
+def is_storage_error(err: sqlite3.Error) -> bool:
+    """SQLite's words for a filesystem that refuses the write (full, quota, read-only, I/O error)."""
+    text = str(err).lower()
+    return any(words in text for words in ("full", "disk i/o", "readonly", "read-only"))
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -77,7 +83,13 @@ class Manifest:
             self._db.execute(_CREATE)
             self._db.commit()
         except sqlite3.DatabaseError as err:
+            if is_storage_error(err):  # a full or read-only disk, not a broken manifest
+                raise self._storage_fault(err) from None
             raise UserError(f"{self.path} is not a usable manifest ({err})") from None
+
+    def _storage_fault(self, err: sqlite3.Error) -> SystemFault:
+        return SystemFault(f"output filesystem error on {self.path}: {err} (the transaction was rolled back and "
+                           "SQLite keeps the file whole; free space and rerun: nothing is lost)")
 
     def close(self) -> None:
         self._db.close()
@@ -104,9 +116,8 @@ class Manifest:
             with self._db:
                 yield
         except sqlite3.OperationalError as err:
-            text = str(err).lower()
-            if "full" in text or "disk i/o" in text or "readonly" in text or "read-only" in text:
-                raise SystemFault(f"cannot write {self.path}: {err} (free space and rerun: nothing is lost)") from None
+            if is_storage_error(err):
+                raise self._storage_fault(err) from None
             raise
 
     def add_pending(self, video_ids: Iterable[str], source: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from howto_prep import schema
-from howto_prep.errors import FailureKind, SystemFault, UserError, is_disk_full
+from howto_prep.errors import SystemFault, UserError
 from howto_prep.extract.failure_storm import FailureStorm
 from howto_prep.extract.ray_tasks import ACTOR_RESTARTS
 from howto_prep.extract.plan import ExtractPlan
@@ -20,7 +20,6 @@ from howto_prep.shards import ShardWriter
 if TYPE_CHECKING:
     from howto_prep.features.tokens import Word2VecVocabulary
 
-DEFAULT_TIMEOUT_S = 900.0  # one chunk (10 s of video) taking longer than this means a hung decode
 MAX_CALLS = 50  # decode worker processes are recycled after this many videos
 STREAM_BACKPRESSURE = 2  # unconsumed chunks a decode stream may hold
 
@@ -42,12 +41,10 @@ def run_work(plan: ExtractPlan, todo: list[tuple[str, Path]], writer: ShardWrite
     cpus = _ray_cpus()
     max_videos = plan.workers or max(1, int(cpus) - plan.gpus)
     threads = decoder_threads(cpus, max_videos, len(todo))
-    timeout_s = float(os.environ.get("HOWTO_PREP_DECODE_TIMEOUT", DEFAULT_TIMEOUT_S))
-    actor_timeout_s = float(os.environ.get("HOWTO_PREP_ACTOR_TIMEOUT", DEFAULT_TIMEOUT_S))
     outcomes = run_pipeline(todo, lambda path: decode(path, threads), actors, max_videos=max_videos,
-                            max_chunks=2 * len(actors) + 1,
-                            timeout_s=timeout_s, actor_timeout_s=actor_timeout_s, actor_restarts=ACTOR_RESTARTS)
-    storm = FailureStorm()
+                            max_chunks=2 * len(actors) + 1, timeout_s=plan.decode_timeout_s,
+                            actor_timeout_s=plan.actor_timeout_s, actor_restarts=ACTOR_RESTARTS)
+    storm = FailureStorm(plan.failure_storm)
     with tqdm(total=len(todo), unit="video", desc="extract", file=sys.stderr) as bar, writer:
         try:
             for outcome in outcomes:
@@ -71,11 +68,9 @@ def run_work(plan: ExtractPlan, todo: list[tuple[str, Path]], writer: ShardWrite
                 written, video_seconds = written + 1, video_seconds + sample.duration
             for video_id, kind, error in storm.succeeded():  # the run ended: what is held back was real
                 shards.record_failure(plan.out, video_id, kind, error)
-        except (SystemFault, OSError) as err:
-            writer.close_shard()  # keep every whole sample written so far; the rest is redone on rerun
-            if isinstance(err, SystemFault) or not is_disk_full(err):
-                raise
-            raise SystemFault(f"{err} (the finished shards are kept; rerun the same command to continue)") from None
+        except SystemFault:  # storage faults included: the shard writer and failures.jsonl raise them
+            writer.keep_after_fault()  # every whole sample written so far, if the disk lets us; rerun redoes the rest
+            raise
     elapsed = time.perf_counter() - ready
     print(f"extract: {written} videos, {video_seconds:.0f} video-s in {elapsed:.1f} s "
           f"({video_seconds / max(elapsed, 1e-9):.2f} video-s/s) after {ready - started:.1f} s of start-up "
