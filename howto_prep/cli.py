@@ -8,6 +8,8 @@ from typing import Sequence
 
 from howto_prep import schema
 from howto_prep.cli_support import main_for
+from howto_prep.extract.failure_storm import DEFAULT_THRESHOLD as FAILURE_STORM
+from howto_prep.extract.plan import DEFAULT_ACTOR_TIMEOUT_S, DEFAULT_DECODE_TIMEOUT_S
 
 
 def parse_size(text: str) -> int:
@@ -118,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     extract.add_argument("--retry-failed", action="store_true")
     extract.add_argument("--limit", type=positive_int)
+    extract.add_argument("--decode-timeout", type=float, default=DEFAULT_DECODE_TIMEOUT_S, metavar="SECONDS",
+                         help="a video whose decoding produces nothing for this long is killed and recorded as "
+                              "decode_timeout (default %(default)g)")
+    extract.add_argument("--actor-timeout", type=float, default=DEFAULT_ACTOR_TIMEOUT_S, metavar="SECONDS",
+                         help="a model actor that answers nothing for this long while it has work is killed and "
+                              "restarted; one that keeps hanging stops the run as a system fault (default %(default)g)")
+    extract.add_argument("--failure-storm", type=positive_int, default=FAILURE_STORM, metavar="N",
+                         help="N videos in a row failing with the same error stop the run as a system fault, "
+                              "none of them recorded (default %(default)s)")
     clips = extract.add_argument_group("clip-level sets (evaluation / fine-tuning): one sample per annotated clip")
     annotation = clips.add_mutually_exclusive_group()
     annotation.add_argument("--youcook2", type=Path, help="youcookii_annotations_trainval.json")

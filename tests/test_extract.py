@@ -85,8 +85,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict:
               "no_audio_ids": info.no_audio_ids}
     out = root / "shards"
     started = time.perf_counter()
-    result = cli(*extract_args(corpus, info.videos_dir, out, "--shard-size", "40KB"),
-                 env={"HOWTO_PREP_DECODE_TIMEOUT": str(TIMEOUT_S)})
+    result = cli(*extract_args(corpus, info.videos_dir, out, "--shard-size", "40KB",
+                               "--decode-timeout", str(TIMEOUT_S)))
     corpus.update(out=out, result=result, seconds=time.perf_counter() - started)
     assert result.returncode == 0, result.stderr[-3000:]
     corpus["samples"] = {s["__key__"]: s for s in shards.iterate_samples(out)}
@@ -336,8 +336,9 @@ def test_a_hung_decode_is_killed_and_its_process_is_gone_while_the_run_goes_on(t
     started = time.monotonic()
     process = subprocess.Popen(
         [sys.executable, "-m", "howto_prep.cli", "extract", "--videos", str(videos), "--captions",
-         str(tmp_path / "caption.json"), "--out", str(out), "--features", "logmel", "--workers", "1"],
-        cwd=REPO, env={**os.environ, "HOWTO_PREP_DECODE_TIMEOUT": "5"}, stdout=subprocess.PIPE,
+         str(tmp_path / "caption.json"), "--out", str(out), "--features", "logmel", "--workers", "1",
+         "--decode-timeout", "5"],
+        cwd=REPO, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True)
     decoders: dict[Path, set[int]] = {fifo: set() for fifo in fifos}
     gone_at: dict[int, float] = {}  # pid -> seconds into the run when it was first seen gone

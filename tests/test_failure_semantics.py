@@ -283,7 +283,7 @@ def test_a_failed_checkpoint_save_leaves_no_temporary_file(tmp_path: Path):
 
 # Model actors: a crash or a hang is restarted, never a video's failure ---------------------------
 
-def actor_run(tmp_path: Path, synth_corpus, env: dict) -> tuple[subprocess.Popen, Path, list[str]]:
+def actor_run(tmp_path: Path, synth_corpus, env: dict, *options: str) -> tuple[subprocess.Popen, Path, list[str]]:
     videos = tmp_path / "videos"
     videos.mkdir()
     chosen = sorted(synth_corpus.videos_dir.rglob("*.mp4"))[:3]
@@ -291,7 +291,8 @@ def actor_run(tmp_path: Path, synth_corpus, env: dict) -> tuple[subprocess.Popen
         os.link(path, videos / path.name)
     out = tmp_path / "shards"
     command = [sys.executable, "-m", "howto_prep.cli", "extract", "--videos", str(videos), "--captions",
-               str(synth_corpus.captions), "--out", str(out), "--features", "resnet152", "--weights-2d", "random"]
+               str(synth_corpus.captions), "--out", str(out), "--features", "resnet152", "--weights-2d", "random",
+               *options]
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     return process, out, [path.stem for path in chosen]
@@ -323,8 +324,8 @@ def test_a_killed_model_actor_is_restarted_and_no_video_is_blamed(tmp_path: Path
 
 def test_a_hung_model_actor_is_killed_restarted_and_its_process_is_gone(tmp_path: Path, synth_corpus):
     marker = tmp_path / "hung-actor-pid"
-    process, out, ids = actor_run(tmp_path, synth_corpus, {"HOWTO_PREP_FAULT_ACTOR_HANG": str(marker),
-                                                           "HOWTO_PREP_ACTOR_TIMEOUT": "30"})
+    process, out, ids = actor_run(tmp_path, synth_corpus, {"HOWTO_PREP_FAULT_ACTOR_HANG": str(marker)},
+                                  "--actor-timeout", "30")
     try:
         _, stderr = process.communicate(timeout=600)
     finally:

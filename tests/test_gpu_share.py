@@ -38,7 +38,7 @@ RUN_ON_ONE_DECLARED_GPU = textwrap.dedent("""
 
 
 def run_on_one_declared_gpu(*args: str) -> tuple[int, str]:
-    env = {**os.environ, ENABLE_VARIABLE: "1", "HOWTO_PREP_ACTOR_TIMEOUT": "30", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    env = {**os.environ, ENABLE_VARIABLE: "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
     done = subprocess.run([sys.executable, "-c", RUN_ON_ONE_DECLARED_GPU, *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -56,7 +56,8 @@ def test_three_actors_share_one_gpu(tmp_path: Path) -> None:
         write_mp4(videos / f"video{index:02d}.mp4", frames, 30.0)
     (tmp_path / "caption.json").write_text("{}")
     common = ["extract", "--videos", str(videos), "--captions", str(tmp_path / "caption.json"),
-              "--features", "resnet152,resnext101", "--weights-2d", STANDIN, "--weights-3d", STANDIN]
+              "--features", "resnet152,resnext101", "--weights-2d", STANDIN, "--weights-3d", STANDIN,
+              "--actor-timeout", "30"]
 
     code, stderr = run_on_one_declared_gpu(*common, "--out", str(tmp_path / "whole"), "--gpus", "3")
     assert code == 2 and "Traceback" not in stderr, stderr[-2000:]

@@ -11,8 +11,6 @@ error) shows the held-back failures were real: they are then recorded.
 
 from __future__ import annotations
 
-import os
-
 from howto_prep.errors import Fault, FailureKind, SystemFault
 
 DEFAULT_THRESHOLD = 20
@@ -23,8 +21,9 @@ PLAIN_KINDS = frozenset({FailureKind.TOO_SHORT, FailureKind.NO_VIDEO, FailureKin
 class FailureStorm:
     """Decides per failed video; yields the (video_id, kind, error) records that may be written now."""
 
-    def __init__(self, threshold: int | None = None) -> None:
-        self.threshold = threshold or int(os.environ.get("HOWTO_PREP_FAILURE_STORM", DEFAULT_THRESHOLD))
+    def __init__(self, threshold: int = DEFAULT_THRESHOLD) -> None:
+        """`threshold`: `howto-prep extract --failure-storm N` (ExtractPlan.failure_storm)."""
+        self.threshold = threshold
         self.held: list[tuple[str, FailureKind, str]] = []
         self.signature: tuple[FailureKind, str] | None = None
 

@@ -13,8 +13,12 @@ from pathlib import Path
 from howto_prep import schema
 from howto_prep.errors import UserError
 from howto_prep.extract.annotations import ClipList, ClipRecord, load_clips_csv, load_msrvtt, load_youcook2
+from howto_prep.extract.failure_storm import DEFAULT_THRESHOLD
 from howto_prep.extract.inputs import check_weights
 from howto_prep.extract.protocols import Protocol, choose_protocol, protocol_record
+
+DEFAULT_DECODE_TIMEOUT_S = 900.0  # a decode producing no chunk (10 s of video) for this long is hung
+DEFAULT_ACTOR_TIMEOUT_S = 900.0  # a model actor answering nothing for this long while it has work is hung
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,9 @@ class ExtractPlan:
     retry_failed: bool = False
     limit: int | None = None
     clip_annotations: ClipAnnotations | None = None  # None: a video-level set
+    decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S  # then the video is recorded as decode_timeout
+    actor_timeout_s: float = DEFAULT_ACTOR_TIMEOUT_S  # then the actor is killed and restarted
+    failure_storm: int = DEFAULT_THRESHOLD  # identical failures in a row that stop the run as a system fault
 
     def wants(self, name: str) -> bool:
         return name in self.features
@@ -81,12 +88,18 @@ def plan_from_args(args: argparse.Namespace) -> ExtractPlan:
         raise UserError("--word2vec FILE.bin is required to tokenise captions (or leave tokens out of --features)")
     if args.word2vec is not None and not Path(args.word2vec).is_file():
         raise UserError(f"--word2vec {args.word2vec} does not exist")
+    for option, seconds in (("--decode-timeout", args.decode_timeout), ("--actor-timeout", args.actor_timeout)):
+        if not seconds > 0:
+            raise UserError(f"{option} must be a positive number of seconds, not {seconds:g}")
+    if args.failure_storm < 1:
+        raise UserError("--failure-storm must be at least 1 (identical failures in a row that stop the run)")
     return ExtractPlan(videos_dir=args.videos, out=Path(args.out), features=features, captions=args.captions,
                        word2vec=args.word2vec, csv=args.csv, weights_2d=args.weights_2d, weights_3d=args.weights_3d,
                        gpus=args.gpus, gpu_share=args.gpu_share, workers=args.workers,
                        shard_size=args.shard_size, prefix=args.prefix,
                        address=args.address, retry_failed=args.retry_failed, limit=args.limit,
-                       clip_annotations=clip_annotations)
+                       clip_annotations=clip_annotations, decode_timeout_s=args.decode_timeout,
+                       actor_timeout_s=args.actor_timeout, failure_storm=args.failure_storm)
 
 
 def check_model_weights(spec: str, option: str, named: tuple[str, ...]) -> None:
