@@ -234,8 +234,7 @@ class Scaler:
     frame pass after H.264 decoding (bench/bench_scale_paths.py). For even widths with subsampled chroma
     (the 2D frames) rgb24 takes a different chroma path, so those keep `rgb24`.
     It runs on one thread: with FFmpeg's default (a thread per core) swscale splits each small frame into
-    row slices for a thread pool, the same pixels for more CPU per frame (5-10% on 2 cores; 16 threads, a
-    16-core box's default, cost 25-35% more than one)."""
+    row slices for a thread pool: the same pixels for more CPU per frame, and more so the more cores."""
 
     def __init__(self, stream, width: int, height: int) -> None:
         import av
