@@ -11,10 +11,11 @@ import torch
 
 from howto_prep.errors import UserError
 from mft_train.data.clips import ClipPlan, ClipSpec, clip_arrays, draw_start, plan_clip, video_token_rows
-from mft_train.data.shards import DecodedSample, WordTable, decode_sample, discover_shards
+from mft_train.data.shards import DecodedSample, WordTable, discover_shards
 from mft_train.data.batch import collate, collate_blocks, video_clip_block
 from mft_train.data.clips import sample_clips
-from mft_train.data.stream import LoaderPlan, decode_sample_view, make_loader, tar_samples
+from mft_train.data.reader import decode_sample, tar_samples
+from mft_train.data.stream import LoaderPlan, make_loader
 from shard_fixtures import add_corrupt_shard, write_shard_set
 
 SPEC = ClipSpec()  # the paper's sizes: 8 s, 12 video tokens, 768 frames, +4 s, 20 words
@@ -145,7 +146,7 @@ def first_batches(shard_dir, plan: LoaderPlan, workers: int = 0) -> list[dict]:
 
 def test_batch_dict_matches_the_agreed_interface(shard_dir):
     plan = LoaderPlan(videos_per_rank=4, clips_per_video=3, num_batches=2, seed=0, epoch=0, first_step=0,
-                      order="fixed", audio_pad_value=-80.0, half_features=False)
+                      order="fixed", half_features=False)
     batch = first_batches(shard_dir, plan)[0]
     n = 12
     assert batch["video"].shape == (n, 12, 4096) and batch["video"].dtype == torch.float32
@@ -154,9 +155,9 @@ def test_batch_dict_matches_the_agreed_interface(shard_dir):
     for key, shape in (("video_mask", (n, 12)), ("text_mask", (n, 20)), ("audio_mask", (n, 768))):
         assert batch[key].shape == shape and batch[key].dtype == torch.bool
     assert len(batch["video_id"]) == n and batch["video_id"][:3] == ["vid0000xx"] * 3
-    # padded slots: zero text vectors, audio at the pad value; real words are vocab vectors
+    # padded slots: zero text vectors and audio frames (the models overwrite padded audio); real words are vocab vectors
     assert not batch["text"][~batch["text_mask"]].any()
-    assert (batch["audio"].permute(0, 2, 1)[~batch["audio_mask"]] == -80.0).all()
+    assert (batch["audio"].permute(0, 2, 1)[~batch["audio_mask"]] == 0.0).all()
     vectors = torch.from_numpy(np.load(shard_dir / "vocab" / "vectors.npy"))
     real = batch["text"][batch["text_mask"]]
     assert (real[:, None, :] == vectors[None]).all(dim=2).any(dim=1).all()  # each word is exactly a vocab row
@@ -186,18 +187,16 @@ def test_per_video_clip_blocks_equal_per_clip_sampling_then_collate(shard_dir):
     samples = list(wds.DataPipeline(wds.SimpleShardList(shards.urls), wds.tarfile_to_samples()))
     assert samples == list(wds.DataPipeline(wds.SimpleShardList(shards.urls), tar_samples()))  # the fast tar reader
     records = [decode_sample(sample) for sample in samples[:6]]
-    views = [decode_sample_view(sample) for sample in samples[:6]]
-    for pad in (0.0, -80.0):
-        expected = collate([sample_clips(r, 4, SPEC, np.random.default_rng(i)) for i, r in enumerate(records)],
-                           words, SPEC.max_words, pad)
-        for half in (False, True):
-            got = collate_blocks([video_clip_block(v, 4, SPEC, np.random.default_rng(i), pad, half)
-                                  for i, v in enumerate(views)], words, SPEC.max_words)
-            assert got["video_id"] == expected["video_id"]
-            for key, value in expected.items():
-                if torch.is_tensor(value):
-                    want = value.half() if half and key in ("video", "audio") else value
-                    assert got[key].dtype == want.dtype and torch.equal(got[key], want), (key, pad, half)
+    expected = collate([sample_clips(r, 4, SPEC, np.random.default_rng(i)) for i, r in enumerate(records)],
+                       words, SPEC.max_words)
+    for half in (False, True):
+        got = collate_blocks([video_clip_block(r, 4, SPEC, np.random.default_rng(i), half)
+                              for i, r in enumerate(records)], words, SPEC.max_words)
+        assert got["video_id"] == expected["video_id"]
+        for key, value in expected.items():
+            if torch.is_tensor(value):
+                want = value.half() if half and key in ("video", "audio") else value
+                assert got[key].dtype == want.dtype and torch.equal(got[key], want), (key, half)
 
 
 def test_fixed_order_splits_each_global_batch_across_ranks(shard_dir):
@@ -242,3 +241,4 @@ def test_decode_sample_reads_the_shard_fields(tmp_path):
     meta = json.loads(sample["meta.json"])
     assert record.video_id == sample["__key__"] == meta["video_id"] and record.duration == meta["duration"]
     assert record.resnext101.shape[1] == 2048 and record.token_offsets[-1] == len(record.tokens)
+    assert record.caption_texts == tuple(json.loads(sample["captions.json"])["text"]) and record.caption_texts

@@ -20,7 +20,8 @@ import webdataset as wds
 from howto_prep import schema
 from howto_prep.shards import npy_bytes
 from mft_train.data.clips import ClipSpec
-from mft_train.data.shards import DecodedSample, WordTable, decode_sample, discover_shards
+from mft_train.data.reader import decode_sample
+from mft_train.data.shards import DecodedSample, WordTable, discover_shards
 from mft_train.data.stream import LoaderPlan, make_loader
 from shard_fixtures import rewrite_member, write_shard_set
 

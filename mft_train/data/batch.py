@@ -3,8 +3,10 @@
 Layout (agreed with mft_train.models): video (B, Nv, 4096) + video_mask (B, Nv) bool, text (B, max_words,
 300) word2vec vectors + text_mask, audio (B, 40, Na) log-mel + audio_mask (B, Na); features float32, or
 video and audio float16 with `half_features` (the pretraining loader on a GPU machine);
-True = real token. Clips of one video are adjacent. Bookkeeping entries ride along and never reach
-the model: video_id (list of str), and for clip-level sets clip_id and clip_index.
+True = real token; padded audio frames are zeros (both models overwrite them with their own
+model.audio_pad_value, so the data side never needs it). Clips of one video are adjacent.
+Bookkeeping entries ride along and never reach the model: video_id (list of str), and for
+clip-level sets clip_id and clip_index.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from mft_train.data.shards import DecodedSample, WordTable
 BOOKKEEPING_KEYS = ("video_id", "clip_id", "clip_index", "query_text")
 
 
-def collate(videos: list[list[dict]], words: WordTable, max_words: int, audio_pad_value: float) -> dict:
-    """Per-video clip lists -> the float32 batch dict; padded word slots are zeros, padded audio frames
-    `audio_pad_value`. (The training stream collates with collate_blocks, float16 on a GPU.)"""
+def collate(videos: list[list[dict]], words: WordTable, max_words: int) -> dict:
+    """Per-video clip lists -> the float32 batch dict; padded word slots and audio frames are zeros.
+    (The training stream collates with collate_blocks, float16 on a GPU.)"""
     clips = [clip for video in videos for clip in video]
     count = len(clips)
     text = np.zeros((count, max_words, WORD_DIM), np.float32)
@@ -32,15 +34,12 @@ def collate(videos: list[list[dict]], words: WordTable, max_words: int, audio_pa
         text[i, :words_in_clip] = words.lookup(clip["token_ids"])
         text_mask[i, :words_in_clip] = True
     audio_mask = np.stack([clip["audio_mask"] for clip in clips])
-    pad = np.float32(audio_pad_value)
-    # Filled in place: one pass per clip that also converts, instead of stack + where + astype.
+    # Filled in place: one pass per clip that also converts, instead of stack + astype.
     video = np.empty((count, *clips[0]["video"].shape), np.float32)
     audio = np.empty((count, *clips[0]["audio"].shape), np.float32)
     for i, clip in enumerate(clips):
         video[i] = clip["video"]
-        audio[i] = clip["audio"]
-        if not audio_mask[i].all():
-            audio[i][:, ~audio_mask[i]] = pad
+        audio[i] = clip["audio"]  # clip_arrays pads with zeros
     return {
         "video": torch.from_numpy(video),
         "video_mask": torch.from_numpy(np.stack([clip["video_mask"] for clip in clips])),
@@ -57,12 +56,9 @@ def model_inputs(batch: dict) -> dict:
     return {key: value for key, value in batch.items() if key not in BOOKKEEPING_KEYS}
 
 
-def feature_dtypes(audio_pad_value: float, half_features: bool) -> tuple[type, type]:
-    """(video dtype, audio dtype): float16 with half_features (audio only when the pad value is exact in it)."""
-    pad = np.float32(audio_pad_value)
-    video = np.float16 if half_features else np.float32
-    audio = np.float16 if half_features and np.float16(pad) == pad else np.float32
-    return video, audio
+def feature_dtype(half_features: bool) -> type:
+    """float16 with half_features (log-mel is float16 in the shards and padding is 0: both exact), else float32."""
+    return np.float16 if half_features else np.float32
 
 
 def _unit_rows(rows: np.ndarray) -> np.ndarray:
@@ -77,7 +73,7 @@ def _unit_rows(rows: np.ndarray) -> np.ndarray:
 
 
 def video_clip_block(record: DecodedSample, count: int, spec: ClipSpec, rng: np.random.Generator,
-                     audio_pad_value: float, half_features: bool = False) -> dict:
+                     half_features: bool = False) -> dict:
     """`count` random clips of one video as stacked arrays: the pretraining loader's unit of work.
 
     Same clips and values as `sample_clips(record, count, spec, rng)` followed by `collate` (the same
@@ -88,10 +84,10 @@ def video_clip_block(record: DecodedSample, count: int, spec: ClipSpec, rng: np.
     """
     plans = [draw_clip_plan(rng, record.duration, record.caption_starts, record.caption_ends, spec)
              for _ in range(count)]
-    video_dtype, audio_dtype = feature_dtypes(audio_pad_value, half_features)
+    video_dtype = audio_dtype = feature_dtype(half_features)
     video = np.zeros((count, spec.video_tokens, RESNET152.dim + RESNEXT101.dim), video_dtype)
     video_mask = np.zeros((count, spec.video_tokens), bool)
-    audio = np.full((count, LOGMEL.dim, spec.audio_frames), audio_pad_value, audio_dtype)
+    audio = np.zeros((count, LOGMEL.dim, spec.audio_frames), audio_dtype)
     audio_mask = np.zeros((count, spec.audio_frames), bool)
     n3d, n2d = len(record.resnext101), len(record.resnet152)
     if n3d and n2d:

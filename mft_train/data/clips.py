@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from howto_prep.features.logmel import HOP, N_FFT
-from howto_prep.schema import AUDIO_SAMPLE_RATE, LOGMEL, RESNET152, RESNEXT101
+from howto_prep.schema import AUDIO_SAMPLE_RATE, LOGMEL, MAX_WORDS, RESNET152, RESNEXT101
 from mft_train.data.shards import DecodedSample
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ class ClipSpec:
     video_tokens: int = 12
     audio_frames: int = 768
     audio_shift_seconds: float = 4.0  # the EAO code's random shift is always +4 s (quirk); 0 turns it off
-    max_words: int = 20
+    max_words: int = MAX_WORDS
     anchor: str = "random_start"  # one of CLIP_ANCHORS
 
 
@@ -201,7 +201,7 @@ def clip_token_ids(record: DecodedSample, caption_order: tuple[int, ...], max_wo
 def clip_arrays(record: DecodedSample, plan: ClipPlan, spec: ClipSpec) -> dict[str, np.ndarray]:
     """Fixed-size arrays of one clip: video (Nv, 4096) + mask, token ids (<= max_words), audio (40, Na) + mask.
 
-    Padding rows/frames are zeros with a False mask; the collate step sets the audio padding value.
+    Padding rows/frames are zeros with a False mask (the models overwrite padded audio with their own value).
     """
     n3d, n2d = len(record.resnext101), len(record.resnet152)
     video = np.zeros((spec.video_tokens, RESNET152.dim + RESNEXT101.dim), np.float32)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
@@ -33,10 +32,11 @@ import torch
 import webdataset as wds
 
 from howto_prep.errors import UserError
-from howto_prep.schema import CLIPS_FILE, LOGMEL, META_FIELD, RESNEXT101
+from howto_prep.schema import CLIPS_FILE, LOGMEL, MAX_WORDS, RESNEXT101
 from mft_train.data.batch import collate
 from mft_train.data.clips import ClipPlan, ClipSpec, clip_arrays
-from mft_train.data.shards import DecodedSample, ShardSet, WordTable, decode_sample, discover_shards
+from mft_train.data.reader import SkipPolicy, read_records
+from mft_train.data.shards import DecodedSample, ShardSet, WordTable, discover_shards
 
 # Evaluation lengths of the paper's fine-tuning/evaluation protocol (docs/recipes.md sections 6-7).
 EVAL_LENGTHS: dict[str, tuple[int, int]] = {"youcook2": (72, 4608), "msrvtt": (48, 3072)}
@@ -151,30 +151,19 @@ def _caption_order(record: DecodedSample, caption_index: int) -> tuple[int, ...]
     return (caption_index % captions,) if captions > 0 else ()
 
 
-def _meta(sample: dict) -> dict:
-    return json.loads(sample[META_FIELD])
-
-
-def iterate_records(clip_set: ClipSet, shuffle_seed: int | None = None, shuffle_buffer: int = 1000) -> Iterator[DecodedSample]:
+def iterate_records(clip_set: ClipSet, shuffle_seed: int | None = None, shuffle_buffer: int = 1000,
+                    skips: SkipPolicy | None = None) -> Iterator[DecodedSample]:
     """Decoded clip samples in shard order (or shuffled with a seeded buffer); bad samples are skipped.
 
-    A sample that cannot be decoded is skipped with a warning (it then counts as a missing clip);
-    a sample that is not a clip (video-level shards) is a UserError.
+    A damaged shard or a sample that cannot be decoded is skipped by `skips` (a warning, counted; the
+    clip then counts as missing); a sample that is not a clip (video-level shards) is a UserError.
     """
     urls = list(clip_set.shards.urls)
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(urls)
-    stages: list = [wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=wds.warn_and_continue)]
-    if shuffle_seed is not None:
-        stages.append(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=random.Random(shuffle_seed)))
-    for sample in wds.DataPipeline(*stages):
-        key = sample.get("__key__", "?")
-        try:
-            meta = _meta(sample)
-            record = decode_sample(sample)
-        except (KeyError, ValueError, OSError) as err:
-            warnings.warn(f"skipping clip {key}: unreadable sample ({err})", stacklevel=2)
-            continue
+    shuffle = [] if shuffle_seed is None else [
+        wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=random.Random(shuffle_seed))]
+    for key, meta, record in read_records(urls, skips if skips is not None else SkipPolicy(), *shuffle):
         if meta.get("kind") != "clip":
             raise UserError(f"sample {key} in {clip_set.root} is not a clip (meta kind {meta.get('kind')!r}); "
                             "give a clip-level shard set")
@@ -186,16 +175,17 @@ def _with_clip_id(record: DecodedSample, clip_id: str) -> DecodedSample:
     return replace(record, video_id=clip_id)
 
 
-def clip_batches(clip_set: ClipSet, batch_clips: int, *, video_tokens: int, audio_frames: int, max_words: int = 20,
-                 audio_pad_value: float = 0.0, strategy: str = "at_once", window: ClipSpec | None = None,
+def clip_batches(clip_set: ClipSet, batch_clips: int, *, video_tokens: int, audio_frames: int,
+                 max_words: int = MAX_WORDS, strategy: str = "at_once", window: ClipSpec | None = None,
                  shuffle_seed: int | None = None, shuffle_buffer: int = 1000, random_caption: bool = False,
-                 min_clips: int = 1) -> Iterator[dict]:
+                 min_clips: int = 1, skips: SkipPolicy | None = None) -> Iterator[dict]:
     """Batches of `batch_clips` clips in the mft_train.data.batch layout plus `clip_id` and `clip_index`.
 
     `clip_index` (LongTensor, one per row) is the clip's position inside the batch: one row per clip
     for "at_once", one row per window for "clips". A final batch with fewer than `min_clips` clips
     is dropped (fine-tuning needs negatives). `random_caption` draws the caption of each clip from a
-    generator seeded by shuffle_seed (MSR-VTT: one of 20 sentences per epoch).
+    generator seeded by shuffle_seed (MSR-VTT: one of 20 sentences per epoch). `skips` counts the
+    clips skipped as unreadable (iterate_records).
     """
     if strategy not in STRATEGIES:
         raise UserError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
@@ -208,14 +198,14 @@ def clip_batches(clip_set: ClipSet, batch_clips: int, *, video_tokens: int, audi
     texts: list[str] = []
 
     def flush() -> dict:
-        batch = collate(pending, clip_set.words, max_words, audio_pad_value)
+        batch = collate(pending, clip_set.words, max_words)
         batch["clip_id"] = [clips[0]["video_id"] for clips in pending]
         batch["clip_index"] = torch.tensor([i for i, clips in enumerate(pending) for _ in clips], dtype=torch.long)
         batch["query_text"] = list(texts)
         texts.clear()
         return batch
 
-    for record in iterate_records(clip_set, shuffle_seed, shuffle_buffer):
+    for record in iterate_records(clip_set, shuffle_seed, shuffle_buffer, skips):
         captions = len(record.token_offsets) - 1
         caption = int(caption_rng.integers(captions)) if random_caption and captions > 1 else 0
         if strategy == "at_once":
@@ -236,8 +226,8 @@ def clip_batches(clip_set: ClipSet, batch_clips: int, *, video_tokens: int, audi
 TEXT_ONLY_AUDIO_FRAMES = 64  # one audio token after DAVEnet-v2's x64 (four after v1's x16), all masked
 
 
-def sentence_batches(clip_set: ClipSet, batch_size: int, max_words: int = 20,
-                     audio_pad_value: float = 0.0) -> Iterator[dict]:
+def sentence_batches(clip_set: ClipSet, batch_size: int, max_words: int = MAX_WORDS,
+                     skips: SkipPolicy | None = None) -> Iterator[dict]:
     """Every sentence of every clip as a text-only row, for protocols whose queries are all sentences.
 
     Both models embed text from the text alone (EAO: the text tokens through the shared block by
@@ -250,14 +240,14 @@ def sentence_batches(clip_set: ClipSet, batch_size: int, max_words: int = 20,
     texts: list[str] = []
 
     def flush() -> dict:
-        batch = collate(pending, clip_set.words, max_words, audio_pad_value)
+        batch = collate(pending, clip_set.words, max_words)
         batch.update(clip_id=list(owners), query_text=list(texts),
                      clip_index=torch.arange(len(pending), dtype=torch.long))
         for pending_list in (pending, owners, texts):
             pending_list.clear()
         return batch
 
-    for record in iterate_records(clip_set):
+    for record in iterate_records(clip_set, skips=skips):
         for caption in range(len(record.token_offsets) - 1):
             example = whole_clip(record, 1, TEXT_ONLY_AUDIO_FRAMES, max_words, caption)
             example["video_mask"][:] = False

@@ -1,12 +1,11 @@
-"""A shard set on disk: which shards are complete, its vocabulary, and one sample decoded to arrays.
+"""A shard set on disk: which shards are complete, its vocabulary, and the arrays of one decoded sample.
 
 Format: shards/README.md (schema version 1). A shard exists only when its JSON does (written last),
-so a half-written tar is never read.
+so a half-written tar is never read. Reading the tars: mft_train.data.reader.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,14 +14,7 @@ import numpy as np
 
 from howto_prep.errors import UserError
 from howto_prep.schema import (
-    CAPTIONS_FIELD,
     INDEX_FILE,
-    LOGMEL,
-    META_FIELD,
-    RESNET152,
-    RESNEXT101,
-    TOKEN_OFFSETS_FIELD,
-    TOKENS_FIELD,
     VOCAB_DIR,
     VOCAB_PARTS_DIR,
     VOCAB_VECTORS,
@@ -132,26 +124,3 @@ class DecodedSample:
     tokens: np.ndarray  # (N,) int32 word2vec row ids
     token_offsets: np.ndarray  # (C + 1,) int32
     caption_texts: tuple[str, ...] = ()  # the sentences themselves (evaluation reports name each query)
-
-
-def _npy(sample: dict, field: str) -> np.ndarray:
-    return np.load(io.BytesIO(sample[field]), allow_pickle=False)
-
-
-def decode_sample(sample: dict) -> DecodedSample:
-    """Raw tar sample (field -> bytes) -> DecodedSample; raises on a malformed sample."""
-    meta = json.loads(sample[META_FIELD])
-    captions = json.loads(sample[CAPTIONS_FIELD])
-    logmel = _npy(sample, LOGMEL.field) if LOGMEL.field in sample else None
-    return DecodedSample(
-        video_id=str(meta.get("video_id", sample.get("__key__"))),
-        duration=float(meta["duration"]),
-        resnet152=_npy(sample, RESNET152.field),
-        resnext101=_npy(sample, RESNEXT101.field),
-        logmel=logmel,
-        caption_starts=np.asarray(captions["start"], np.float64),
-        caption_ends=np.asarray(captions["end"], np.float64),
-        tokens=_npy(sample, TOKENS_FIELD),
-        token_offsets=_npy(sample, TOKEN_OFFSETS_FIELD),
-        caption_texts=tuple(str(text) for text in captions.get("text", ())),
-    )

@@ -22,6 +22,7 @@ from howto_prep.errors import UserError
 from mft_train.config import RunConfig
 from mft_train.data.clips import clip_spec
 from mft_train.data.eval_sets import ClipSet, clip_batches, open_clip_set, sentence_batches
+from mft_train.data.reader import SkipPolicy
 from mft_train.evaluation.encode import encode_clips
 from mft_train.evaluation.report import format_table, report_title, save_report
 from mft_train.evaluation.scoring import COMBINATIONS, SentenceQueries, combo_name, score_embeddings, similarities_for
@@ -60,12 +61,14 @@ def default_json_path(checkpoint: Path, shards: Path) -> Path:
 
 def evaluate_checkpoint(state: dict, clip_set: ClipSet, strategy: str = "at_once", num_expected: int | None = None,
                         device: torch.device | None = None, batch_clips: int = 64,
-                        model: nn.Module | None = None) -> dict:
+                        model: nn.Module | None = None, skips: SkipPolicy | None = None) -> dict:
     """Full evaluation of a checkpoint (or of `model` built from it) on a ClipSet -> JSON-ready report.
 
     The report names the protocol (clips.json) and keeps, under "_queries", one record per query
     with the rank of its target in every combination (written as JSON lines beside the report).
+    Unreadable clips are skipped by `skips` (counted; each is then a miss of the denominator).
     """
+    skips = skips if skips is not None else SkipPolicy()
     config = RunConfig.from_dict(state["config"], where=str(state.get("path", "the checkpoint")))
     expected = clip_set.num_expected if num_expected is None else num_expected
     if expected <= 0:
@@ -77,15 +80,14 @@ def evaluate_checkpoint(state: dict, clip_set: ClipSet, strategy: str = "at_once
     query_texts: list[str] = []
     batches = clip_batches(
         clip_set, batch_clips, video_tokens=video_tokens, audio_frames=audio_frames,
-        max_words=config.data.max_words, audio_pad_value=config.data.audio_pad_value,
-        strategy=strategy, window=clip_spec(config.data),
+        max_words=config.data.max_words, strategy=strategy, window=clip_spec(config.data), skips=skips,
     )
     embeddings, clip_ids = encode_clips(model, keep_query_texts(batches, query_texts), device, amp=config.train.amp)
     if len(clip_ids) > expected:
         raise UserError(f"--num-expected {expected} is smaller than the {len(clip_ids)} clips in the shards")
     sentences, sentence_texts = None, []
     if clip_set.all_sentences:
-        sentences, sentence_texts = encode_sentences(model, clip_set, clip_ids, config, device, batch_clips)
+        sentences, sentence_texts = encode_sentences(model, clip_set, clip_ids, config, device, batch_clips, skips)
     results, ranks = {}, {}
     for similarity in similarities_for(config.model):
         results[similarity], ranks[similarity] = score_embeddings(embeddings, expected, similarity, sentences)
@@ -99,7 +101,10 @@ def evaluate_checkpoint(state: dict, clip_set: ClipSet, strategy: str = "at_once
         "num_clips": len(clip_ids), "num_expected": expected, "chance_R1": 100.0 / expected,
         "num_queries": len(sentences.owners) if sentences else len(clip_ids),
         "num_expected_queries": sentences.num_expected if sentences else expected,
-        "missing": len(clip_set.missing_reasons()) if num_expected is None else expected - len(clip_ids),
+        # listed clips without a sample, plus clips the shards hold that could not be read (skipped)
+        "missing": (len(clip_set.missing_reasons()) + max(0, clip_set.num_clips - len(clip_ids))
+                    if num_expected is None else expected - len(clip_ids)),
+        "skipped": skips.summary() if skips.skipped else None,
         "empty": {m: int(embeddings[f"{m}_empty"].sum()) for m in "tva"},
         "headline": similarities_for(config.model)[0], "results": results,
         "_ranks": ranks, "_queries_expected": queries_expected,
@@ -115,10 +120,11 @@ def keep_query_texts(batches: Iterable[dict], texts: list[str]) -> Iterator[dict
 
 
 def encode_sentences(model: nn.Module, clip_set: ClipSet, clip_ids: list[str], config: RunConfig,
-                     device: torch.device, batch_size: int) -> tuple[SentenceQueries, list[str]]:
+                     device: torch.device, batch_size: int,
+                     skips: SkipPolicy | None = None) -> tuple[SentenceQueries, list[str]]:
     """Text embeddings of every sentence of every present clip (a protocol whose queries are all sentences)."""
     texts: list[str] = []
-    batches = sentence_batches(clip_set, batch_size, config.data.max_words, config.data.audio_pad_value)
+    batches = sentence_batches(clip_set, batch_size, config.data.max_words, skips)
     out, owners = encode_clips(model, keep_query_texts(batches, texts), device, amp=config.train.amp)
     row_of = {clip_id: row for row, clip_id in enumerate(clip_ids)}
     queries = SentenceQueries(out["t"], np.array([row_of[owner] for owner in owners]), clip_set.num_expected_queries)
@@ -163,10 +169,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.num_expected is not None and args.num_expected < clip_set.num_clips:
         raise UserError(f"--num-expected {args.num_expected} is smaller than the {clip_set.num_clips} clips in {args.shards}")
     device = choose_device(config.train.device, available_device())
-    report = evaluate_checkpoint(state, clip_set, args.strategy, args.num_expected, device)
+    skips = SkipPolicy()
+    report = evaluate_checkpoint(state, clip_set, args.strategy, args.num_expected, device, skips=skips)
     for similarity, results in report["results"].items():
         print(format_table(results, report["num_expected"], report_title(report, similarity)))
         print()
     json_path, png, queries = save_report(report, args.json or default_json_path(Path(state["path"]), Path(args.shards)))
     print(f"evaluate: wrote {json_path}, {queries} (one line per query) and {png}", file=sys.stderr)
+    skips.report("evaluate")
     return 0

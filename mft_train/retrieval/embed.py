@@ -25,13 +25,13 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-import webdataset as wds
 from tqdm import tqdm
 
 from howto_prep import schema
 from howto_prep.errors import UserError
 from mft_train.config import RunConfig
-from mft_train.data.shards import DecodedSample, ShardSet, WordTable, decode_sample, discover_shards
+from mft_train.data.reader import SkipPolicy, read_records
+from mft_train.data.shards import DecodedSample, ShardSet, WordTable, discover_shards
 from mft_train.evaluation.evaluate import model_from_checkpoint
 from mft_train.interop.safe_load import load_weights_only
 from mft_train.presets import apply_override
@@ -40,8 +40,6 @@ from mft_train.retrieval.fingerprint import fingerprint
 from mft_train.retrieval.windows import WindowSpec, window_bounds, window_inputs, window_spec
 from mft_train.training.checkpoints import load_checkpoint
 from mft_train.training.device import autocast_context, available_device, choose_device, move_batch
-
-DEFAULT_BATCH = 64  # windows per forward pass
 
 
 def checkpoint_state(path: Path, overrides: list[str]) -> dict:
@@ -105,29 +103,23 @@ def vocab_identity(root: Path, given: bool) -> dict:
             "vectors": fingerprint(vocab / schema.VOCAB_VECTORS)}
 
 
-def shard_samples(url: str, root: Path) -> Iterator[tuple[DecodedSample, dict]]:
-    """(decoded sample, its captions) of one shard in order; unreadable samples are skipped with a warning."""
-    pipeline = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(handler=wds.warn_and_continue))
-    for sample in pipeline:
-        key = sample.get("__key__", "?")
-        try:
-            meta = json.loads(sample[schema.META_FIELD])
-            record = decode_sample(sample)
-            captions = json.loads(sample[schema.CAPTIONS_FIELD])
-        except (KeyError, ValueError, OSError) as err:
-            print(f"embed: skipping video {key} of {Path(url).name}: unreadable sample ({err})", file=sys.stderr)
-            continue
+def shard_samples(url: str, root: Path, skips: SkipPolicy | None = None) -> Iterator[tuple[DecodedSample, dict]]:
+    """(decoded sample, its captions) of one shard in order; what cannot be read is skipped by `skips`
+    (a warning, counted: the command says how many at its end)."""
+    for key, meta, record in read_records([url], skips if skips is not None else SkipPolicy()):
         if meta.get("kind") == "clip":
             raise UserError(f"{root} is a clip-level set (sample {key} is a clip); give its video-level set, "
                             f"e.g. {root / 'video-level'}")
+        captions = {"start": record.caption_starts.tolist(), "end": record.caption_ends.tolist(),
+                    "text": list(record.caption_texts)}
         yield record, captions
 
 
-def window_batch(windows: list[dict], text_dim: int, audio_pad_value: float) -> dict:
-    """The model's batch (mft_train.data.batch layout) of text-less windows."""
+def window_batch(windows: list[dict], text_dim: int) -> dict:
+    """The model's batch (mft_train.data.batch layout) of text-less windows (padded audio stays zeros:
+    the model overwrites it with its own model.audio_pad_value)."""
     audio = np.stack([w["audio"] for w in windows])
     audio_mask = np.stack([w["audio_mask"] for w in windows])
-    audio = np.where(audio_mask[:, None, :], audio, np.float32(audio_pad_value))
     count = len(windows)
     return {
         "video": torch.from_numpy(np.stack([w["video"] for w in windows])),
@@ -150,7 +142,7 @@ class WindowEmbedder:
 
     @torch.inference_mode()
     def embed(self, windows: list[dict]) -> dict[str, np.ndarray]:
-        batch = move_batch(window_batch(windows, self.text_dim, self.config.data.audio_pad_value), self.device)
+        batch = move_batch(window_batch(windows, self.text_dim), self.device)
         with autocast_context(self.device, self.config.train.amp):
             out = self.model(batch)
         result = {key: F.normalize(out[key].float(), dim=-1).cpu().numpy() for key in index_store.KEYS}
@@ -160,7 +152,7 @@ class WindowEmbedder:
 
 
 def embed_shard(embedder: WindowEmbedder, url: str, root: Path, spec: WindowSpec, batch_size: int,
-                bar: tqdm) -> tuple[dict, dict]:
+                bar: tqdm, skips: SkipPolicy | None = None) -> tuple[dict, dict]:
     """Every window of every video of one shard -> (part arrays, stats)."""
     ids: list[str] = []
     starts: list[float] = []
@@ -176,7 +168,7 @@ def embed_shard(embedder: WindowEmbedder, url: str, root: Path, spec: WindowSpec
             outputs.setdefault(key, []).append(value)
         pending.clear()
 
-    for record, caption in shard_samples(url, root):
+    for record, caption in shard_samples(url, root, skips):
         captions[record.video_id] = {name: caption.get(name, []) for name in ("start", "end", "text")}
         for start, end in window_bounds(record.duration, spec):
             pending.append(window_inputs(record, start, end, spec))
@@ -245,13 +237,14 @@ def run_embed(args: argparse.Namespace) -> int:
           f"embedded); windows of {spec.seconds:g} s every {spec.stride:g} s ({spec.video_tokens} video tokens, "
           f"{spec.audio_frames} log-mel frames); {device}", file=sys.stderr)
     new = {"windows": 0, "videos": 0, "video_seconds": 0.0, "seconds": 0.0}
+    skips = SkipPolicy()
     bar = tqdm(total=shards.num_videos, initial=sum(c for (_, c, _, _), d in zip(plan, done) if d),
                desc="embed", unit="video", dynamic_ncols=True)
     for (url, _, ident, path), finished in zip(plan, done):
         if finished:
             continue
         started = time.perf_counter()
-        part, stats = embed_shard(embedder, url, Path(args.shards), spec, args.batch, bar)
+        part, stats = embed_shard(embedder, url, Path(args.shards), spec, args.batch, bar, skips)
         index_store.write_part(path, identity=ident, **part)
         new["seconds"] += time.perf_counter() - started
         for key in ("windows", "videos", "video_seconds"):
@@ -259,6 +252,7 @@ def run_embed(args: argparse.Namespace) -> int:
         bar.set_postfix(windows_s=f"{new['windows'] / max(new['seconds'], 1e-9):.1f}")
     bar.close()
     finish_index(out, manifest, plan, args.index_type, new)
+    skips.report("embed")
     return 0
 
 
