@@ -5,23 +5,33 @@
 - data (DataSettings), train (TrainSettings): frozen dataclasses below.
 - loss: the dataclass of the loss its `name` picks (mft_train.losses.objectives.LOSS_CONFIGS).
 A missing section or key takes the default; an unknown key or a value of the wrong type is a
-one-sentence UserError (mft_train.settings). Presets and `--set` overrides: mft_train.presets.
+one-sentence UserError (mft_train.settings), except retired keys (RETIRED_KEYS), which old run
+folders' config.yaml still hold and which are dropped. Presets and `--set` overrides: mft_train.presets.
+
+Importing this module imports neither torch nor webdataset (commands check their config before
+the heavy imports): the loss settings, whose modules import torch, are imported on first use.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from howto_prep import schema
 from howto_prep.errors import UserError
 from mft_train.data.clips import CLIP_ANCHORS
-from mft_train.data.stream import ORDERS
-from mft_train.losses.combinatorial import CombinatorialLossConfig
-from mft_train.losses.objectives import LOSS_CONFIGS, LossConfig
 from mft_train.settings import require_choice, require_non_negative, require_positive, settings_from_dict
 
+if TYPE_CHECKING:
+    from mft_train.losses.objectives import LossConfig
+
 SECTIONS = ("model", "data", "loss", "train")
+ORDERS = ("stream", "fixed")  # data.order: the pretraining stream's orders (mft_train.data.stream)
+# Keys that once existed and no longer do, dropped when read so old config.yaml files still load.
+# data.audio_pad_value: both models overwrite padded log-mel frames with model.audio_pad_value, so the
+# data side's value never reached a model.
+RETIRED_KEYS = {"data": ("audio_pad_value",)}
 
 
 @dataclass(frozen=True)
@@ -34,9 +44,8 @@ class DataSettings:
     audio_frames: int = 768
     audio_shift: bool = True  # the paper's +4 s audio shift (quirk), on in the paper preset
     audio_shift_seconds: float = 4.0
-    max_words: int = 20
+    max_words: int = schema.MAX_WORDS
     clip_anchor: str = "random_start"  # EAO: a uniform start; "random_caption": MCN's drawn caption
-    audio_pad_value: float = 0.0  # the paper pads log-mel with 0 dB, i.e. "loudest" (quirk)
     shuffle_buffer: int = 1000
     workers: int = 4
     order: str = "stream"  # "fixed": deterministic rank-split order (tests, debugging)
@@ -89,7 +98,7 @@ class RunConfig:
 
     model: dict[str, Any] = field(default_factory=dict)
     data: DataSettings = field(default_factory=DataSettings)
-    loss: LossConfig = field(default_factory=CombinatorialLossConfig)
+    loss: LossConfig = field(default_factory=lambda: _loss_configs()["combinatorial"]())
     train: TrainSettings = field(default_factory=TrainSettings)
 
     @classmethod
@@ -100,16 +109,17 @@ class RunConfig:
         unknown = sorted(set(raw) - set(SECTIONS))
         if unknown:
             raise UserError(f"unknown config section(s) {', '.join(unknown)} in {where}; known: {', '.join(SECTIONS)}")
-        sections = {name: raw.get(name) or {} for name in SECTIONS}
+        sections = {name: _without_retired(name, raw.get(name) or {}) for name in SECTIONS}
         if not isinstance(sections["model"], dict):
             raise UserError(f"the model section of {where} must be a mapping")
         loss_name = sections["loss"].get("name", "combinatorial") if isinstance(sections["loss"], dict) else None
-        if loss_name not in LOSS_CONFIGS:
-            raise UserError(f"unknown loss.name {loss_name!r} in {where}; expected one of {', '.join(LOSS_CONFIGS)}")
+        loss_configs = _loss_configs()
+        if loss_name not in loss_configs:
+            raise UserError(f"unknown loss.name {loss_name!r} in {where}; expected one of {', '.join(loss_configs)}")
         return cls(
             model=dict(sections["model"]),
             data=settings_from_dict(DataSettings, sections["data"], "data", where=where),
-            loss=settings_from_dict(LOSS_CONFIGS[loss_name], sections["loss"], "loss", where=where),
+            loss=settings_from_dict(loss_configs[loss_name], sections["loss"], "loss", where=where),
             train=settings_from_dict(TrainSettings, sections["train"], "train", where=where),
         )
 
@@ -118,3 +128,18 @@ class RunConfig:
 
     def with_model(self, model: dict[str, Any]) -> "RunConfig":
         return dataclasses.replace(self, model=dict(model))
+
+
+def _without_retired(section: str, values: Any) -> Any:
+    """The section's mapping less its retired keys (anything else is left for the checks)."""
+    retired = RETIRED_KEYS.get(section, ())
+    if not isinstance(values, dict) or not any(key in values for key in retired):
+        return values
+    return {key: value for key, value in values.items() if key not in retired}
+
+
+def _loss_configs() -> dict[str, type]:
+    """mft_train.losses.objectives.LOSS_CONFIGS, imported on first use (its modules import torch)."""
+    from mft_train.losses.objectives import LOSS_CONFIGS
+
+    return LOSS_CONFIGS

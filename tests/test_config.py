@@ -17,10 +17,30 @@ def test_paper_preset_matches_reference_sections_5_and_6():
     assert data.clips_per_video * train.batch == 2240
     assert (data.clip_seconds, data.video_tokens, data.audio_frames, data.max_words) == (8.0, 12, 768, 20)
     assert data.audio_shift is True and data.audio_shift_seconds == 4.0
-    assert data.audio_pad_value == 0.0
+    assert model["audio_pad_value"] == 0.0  # the one place: the models overwrite padded frames with it
     assert loss.weights == {"t_v": 1.0, "t_a": 0.1, "v_a": 0.1, "t_va": 0.1, "v_ta": 0.1, "a_tv": 0.1}
     assert loss.temperature == 0.05
     assert (model["name"], model["width"], model["heads"], model["embed_dim"], model["davenet"]) == ("eao", 4096, 64, 6144, "v2")
+
+
+def test_an_old_config_with_the_retired_data_audio_pad_value_still_loads():
+    """data.audio_pad_value reached no model (they pad with model.audio_pad_value): old config.yaml files
+    that hold it load, without it; any other unknown key still stops."""
+    config = RunConfig.from_dict({"data": {"audio_pad_value": -80.0, "max_words": 16}})
+    assert config.data.max_words == 16 and "audio_pad_value" not in config.to_dict()["data"]
+    with pytest.raises(UserError, match="unknown data setting"):
+        RunConfig.from_dict({"data": {"audio_pad_valu": 0.0}})
+
+
+def test_importing_the_config_imports_neither_torch_nor_webdataset():
+    """Commands check their config before the heavy imports (mft_train.config imports them lazily)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import mft_train.config, sys; "
+                          "print('torch' in sys.modules, 'webdataset' in sys.modules)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
 
 
 def test_small_preset_builds_a_small_model():

@@ -143,7 +143,7 @@ def test_eao_pretraining_stream_takes_the_same_audio() -> None:
 
     record = record_with([0.4, 3.1, 6.6, 9.0, 12.5], [2.9, 6.0, 8.8, 12.0, 16.2], duration=22.0, logmel_frames=2200)
     spec = clip_spec(load_config("eao_howto100m").data)
-    block = video_clip_block(record, 6, spec, np.random.default_rng(5), 0.0)
+    block = video_clip_block(record, 6, spec, np.random.default_rng(5))
     with_text = 0
     for i, token_ids in enumerate(block["token_ids"]):
         if token_ids.size:  # caption i holds token 10 + i; the span starts at its first caption
@@ -238,7 +238,7 @@ def test_mcn_pretraining_stream_draws_captions_too() -> None:
     from mft_train.data.batch import video_clip_block
 
     record = record_with([0.0, 1.0, 30.0], [1.0, 2.0, 45.0], duration=50.0, logmel_frames=5000)
-    block = video_clip_block(record, 8, mcn_spec(), np.random.default_rng(4), 0.0)
+    block = video_clip_block(record, 8, mcn_spec(), np.random.default_rng(4))
     expected = sample_clips(record, 8, mcn_spec(), np.random.default_rng(4))
     assert [ids.tolist() for ids in block["token_ids"]] == [clip["token_ids"].tolist() for clip in expected]
 

@@ -34,7 +34,6 @@ from mft_train.models.davenet import DAVENET_PRESETS
 from mft_train.models.inputs import MODALITIES
 
 PAPER_HEADS = 64  # the paper's fusion block; used when their config does not say
-LN_EPS = 1e-6  # hard-coded in their model
 BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 UNUSED_PREFIXES = ("fusion.norm.", "davenet.batchnorm1.")  # in their state_dict, never used by their forward
 DP_PREFIX = "module."  # torch.nn.DataParallel's wrapper

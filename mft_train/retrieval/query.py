@@ -118,7 +118,7 @@ class QueryEncoder:
             "text_mask": torch.ones(1, count, dtype=torch.bool),
             "video": torch.zeros(1, 1, self.dims["video"]),
             "video_mask": torch.zeros(1, 1, dtype=torch.bool),
-            "audio": torch.full((1, self.dims["mels"], EMPTY_AUDIO_FRAMES), float(self.config.data.audio_pad_value)),
+            "audio": torch.zeros(1, self.dims["mels"], EMPTY_AUDIO_FRAMES),  # masked: the model overwrites it
             "audio_mask": torch.zeros(1, EMPTY_AUDIO_FRAMES, dtype=torch.bool),
         }
         with autocast_context(self.device, self.config.train.amp):

@@ -91,7 +91,7 @@ class ClipEpochs:
         world_size = self.dist.world_size
         batches = clip_batches(
             self.train_set, train.batch, video_tokens=data.video_tokens, audio_frames=data.audio_frames,
-            max_words=data.max_words, audio_pad_value=data.audio_pad_value,
+            max_words=data.max_words,
             shuffle_seed=int(np.random.SeedSequence([train.seed, epoch]).generate_state(1)[0]),
             shuffle_buffer=data.shuffle_buffer, random_caption=True,
             min_clips=train.batch if world_size > 1 else 2,  # equal shares under DDP; negatives always

@@ -51,7 +51,6 @@ class ShardStream:
             world_size=self.dist.world_size,
             order=data.order,
             shuffle_buffer=data.shuffle_buffer,
-            audio_pad_value=data.audio_pad_value,
         )
         return make_loader(self.shards, self.spec, plan, data.workers)
 
