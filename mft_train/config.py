@@ -3,28 +3,26 @@
 - model: a mapping passed as is to mft_train.models.build_model, whose settings dataclasses check it
   (the architecture of a checkpoint is this mapping, compared as is on resume).
 - data (DataSettings), train (TrainSettings): frozen dataclasses below.
-- loss: the dataclass of the loss its `name` picks (mft_train.losses.objectives.LOSS_CONFIGS).
+- loss: the dataclass of the loss its `name` picks (mft_train.losses.settings.LOSS_CONFIGS).
 A missing section or key takes the default; an unknown key or a value of the wrong type is a
 one-sentence UserError (mft_train.settings), except retired keys (RETIRED_KEYS), which old run
 folders' config.yaml still hold and which are dropped. Presets and `--set` overrides: mft_train.presets.
 
 Importing this module imports neither torch nor webdataset (commands check their config before
-the heavy imports): the loss settings, whose modules import torch, are imported on first use.
+the heavy imports): the loss settings come from the torch-free mft_train.losses.settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from howto_prep import schema
 from howto_prep.errors import UserError
 from mft_train.data.clips import CLIP_ANCHORS
+from mft_train.losses.settings import LOSS_CONFIGS, CombinatorialLossConfig, LossConfig
 from mft_train.settings import require_choice, require_non_negative, require_positive, settings_from_dict
-
-if TYPE_CHECKING:
-    from mft_train.losses.objectives import LossConfig
 
 SECTIONS = ("model", "data", "loss", "train")
 ORDERS = ("stream", "fixed")  # data.order: the pretraining stream's orders (mft_train.data.stream)
@@ -98,7 +96,7 @@ class RunConfig:
 
     model: dict[str, Any] = field(default_factory=dict)
     data: DataSettings = field(default_factory=DataSettings)
-    loss: LossConfig = field(default_factory=lambda: _loss_configs()["combinatorial"]())
+    loss: LossConfig = field(default_factory=CombinatorialLossConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
 
     @classmethod
@@ -113,13 +111,12 @@ class RunConfig:
         if not isinstance(sections["model"], dict):
             raise UserError(f"the model section of {where} must be a mapping")
         loss_name = sections["loss"].get("name", "combinatorial") if isinstance(sections["loss"], dict) else None
-        loss_configs = _loss_configs()
-        if loss_name not in loss_configs:
-            raise UserError(f"unknown loss.name {loss_name!r} in {where}; expected one of {', '.join(loss_configs)}")
+        if loss_name not in LOSS_CONFIGS:
+            raise UserError(f"unknown loss.name {loss_name!r} in {where}; expected one of {', '.join(LOSS_CONFIGS)}")
         return cls(
             model=dict(sections["model"]),
             data=settings_from_dict(DataSettings, sections["data"], "data", where=where),
-            loss=settings_from_dict(loss_configs[loss_name], sections["loss"], "loss", where=where),
+            loss=settings_from_dict(LOSS_CONFIGS[loss_name], sections["loss"], "loss", where=where),
             train=settings_from_dict(TrainSettings, sections["train"], "train", where=where),
         )
 
@@ -137,9 +134,3 @@ def _without_retired(section: str, values: Any) -> Any:
         return values
     return {key: value for key, value in values.items() if key not in retired}
 
-
-def _loss_configs() -> dict[str, type]:
-    """mft_train.losses.objectives.LOSS_CONFIGS, imported on first use (its modules import torch)."""
-    from mft_train.losses.objectives import LOSS_CONFIGS
-
-    return LOSS_CONFIGS

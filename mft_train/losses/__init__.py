@@ -3,6 +3,7 @@
 - combinatorial: Everything-at-Once's six NormSoftmax terms and the paper's weights.
 - mcn: MCN's max-margin softmax, online clustering and reconstruction terms, with its cluster state.
 - kmeans: the cosine K-means and feature queue behind MCN's clustering.
+- settings: the loss section's dataclasses without torch (a config is checked before heavy imports).
 - objectives: the loss section of a config -> the callable the trainer steps (with checkpointable state).
 - graph: the zero that keeps every embedding in the graph, so DDP sees a gradient for every parameter.
 

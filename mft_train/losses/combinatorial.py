@@ -6,54 +6,12 @@ weight and at least one row where none of their modalities is empty (docs/recipe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from howto_prep.errors import UserError
 from mft_train.losses.graph import zero_through_every_embedding
-from mft_train.settings import require_positive
-
-# term -> (query embedding, target embedding, modalities whose emptiness drops a row)
-COMBINATORIAL_TERMS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "t_v": ("t", "v", ("t", "v")),
-    "t_a": ("t", "a", ("t", "a")),
-    "v_a": ("v", "a", ("v", "a")),
-    "t_va": ("t", "va", ("t", "v", "a")),
-    "v_ta": ("v", "ta", ("v", "t", "a")),
-    "a_tv": ("a", "tv", ("a", "t", "v")),
-}
-# The paper's pretraining weights: t-v counts ten times as much as every other term.
-PAPER_PRETRAIN_WEIGHTS = {"t_v": 1.0, "t_a": 0.1, "v_a": 0.1, "t_va": 0.1, "v_ta": 0.1, "a_tv": 0.1}
-
-
-@dataclass(frozen=True)
-class CombinatorialLossConfig:
-    """The `loss` section for Everything-at-Once; weights left out of a given mapping count as 0."""
-
-    name: str = "combinatorial"
-    weights: dict[str, float] = field(default_factory=lambda: dict(PAPER_PRETRAIN_WEIGHTS))
-    temperature: float = 0.05
-
-    def __post_init__(self) -> None:
-        if self.name != "combinatorial":
-            raise UserError(f"loss.name must be combinatorial for the combinatorial loss, not {self.name!r}")
-        require_positive(self, "loss", ("temperature",))
-        check_weights(self.weights, "loss.weights entry")
-        if not any(weight > 0 for weight in self.weights.values()):
-            raise UserError("loss.weights needs at least one positive weight")
-
-
-def check_weights(weights: dict[str, float], what: str) -> None:
-    """Every weight names a known term and is not negative; `what` names one weight in messages."""
-    unknown = sorted(set(weights) - set(COMBINATORIAL_TERMS))
-    if unknown:
-        raise UserError(f"unknown {what}(s) {', '.join(unknown)}; known: {', '.join(COMBINATORIAL_TERMS)}")
-    for term, weight in weights.items():
-        if float(weight) < 0:
-            raise UserError(f"{what} {term} must not be negative, got {weight}")
-
+from mft_train.losses.settings import COMBINATORIAL_TERMS, PAPER_PRETRAIN_WEIGHTS, CombinatorialLossConfig, check_weights  # noqa: F401
 
 def norm_softmax_loss(sim: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
     """Symmetric InfoNCE on a (N, N) similarity matrix: CE(rows) + CE(columns), each a mean over N.

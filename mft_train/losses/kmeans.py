@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-INITS = ("k-means++", "random")
+from mft_train.losses.settings import KMEANS_INITS
+
+INITS = KMEANS_INITS
 
 
 class KMeans:

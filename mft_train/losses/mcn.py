@@ -12,15 +12,13 @@ mean of its present modalities' embeddings ((v + a + t) / 3 when all three are p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from howto_prep.errors import UserError
 from mft_train.losses.graph import zero_through_every_embedding
-from mft_train.losses.kmeans import INITS, FeatureQueue, KMeans, assign_cosine
-from mft_train.settings import require_choice, require_non_negative, require_positive, settings_from_dict
+from mft_train.losses.kmeans import FeatureQueue, KMeans, assign_cosine
+from mft_train.losses.settings import MCNLossConfig
 
 MMS_PAIRS = {"t_v": ("t", "v"), "a_t": ("a", "t"), "a_v": ("a", "v")}
 MODALITY_KEYS = ("t", "v", "a")
@@ -55,36 +53,6 @@ def cluster_loss(emb: torch.Tensor, centroids: torch.Tensor, labels: torch.Tenso
 def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error between a reconstruction head's output and its target (the model decides what is detached)."""
     return F.mse_loss(prediction.float(), target.float())
-
-
-@dataclass(frozen=True)
-class MCNLossConfig:
-    """The `loss` section of an MCN config; defaults are the paper's."""
-
-    name: str = "mcn"
-    margin: float = 0.001
-    clusters: int = 256
-    queue_size: int = 40_960
-    refit_every: int = 20
-    kmeans_iters: int = 50
-    kmeans_init: str = "k-means++"
-    seed: int = 0
-    mms_weight: float = 1.0
-    cluster_weight: float = 1.0
-    recon_weight: float = 50.0
-
-    def __post_init__(self) -> None:
-        if self.name != "mcn":
-            raise UserError(f"loss.name must be mcn for the MCN loss, not {self.name!r}")
-        require_positive(self, "loss", ("clusters", "queue_size", "refit_every", "kmeans_iters"))
-        if self.queue_size < self.clusters:
-            raise UserError(f"loss.queue_size ({self.queue_size}) must hold at least loss.clusters ({self.clusters}) vectors")
-        require_choice(self, "loss", "kmeans_init", INITS)
-        require_non_negative(self, "loss", ("margin", "mms_weight", "cluster_weight", "recon_weight"))
-
-    @classmethod
-    def from_dict(cls, cfg: dict) -> "MCNLossConfig":
-        return settings_from_dict(cls, cfg, "loss", "MCN loss")
 
 
 class ClusterState:

@@ -12,11 +12,9 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from mft_train.losses.combinatorial import CombinatorialLossConfig, combinatorial_loss
-from mft_train.losses.mcn import ClusterState, MCNLossConfig, mcn_loss
-
-LossConfig = CombinatorialLossConfig | MCNLossConfig
-LOSS_CONFIGS: dict[str, type[LossConfig]] = {"combinatorial": CombinatorialLossConfig, "mcn": MCNLossConfig}
+from mft_train.losses.combinatorial import combinatorial_loss
+from mft_train.losses.mcn import ClusterState, mcn_loss
+from mft_train.losses.settings import LOSS_CONFIGS, CombinatorialLossConfig, LossConfig, MCNLossConfig  # noqa: F401
 
 
 class Objective(Protocol):
