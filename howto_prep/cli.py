@@ -40,11 +40,24 @@ def parse_features(text: str) -> list[str]:
     return names
 
 
-def positive_int(text: str) -> int:
+def _int(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """A count that must be at least 1: 0 videos, a limit of 0 or a storm of 0 failures is a mistake."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A number where 0 is a choice (no held-out set, a free port, no Ray, one CPU actor, automatic)."""
+    value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
     return value
@@ -68,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--videos", type=positive_int, default=24, help="number of pretraining videos")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--heldout", type=positive_int, default=None,
+    synth.add_argument("--heldout", type=non_negative_int, default=None,
                        help="held-out videos for YouCook2/MSR-VTT-style evaluation (default: videos // 3, at most 8)")
     synth.add_argument("--max-seconds", type=float, default=180.0, help="longest video (shortest: 10 s)")
     synth.add_argument("--encoding", choices=["quick", "howto"], default="quick",
@@ -79,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mirror = sub.add_parser("mirror", help="serve a video folder like the authors' mirror on 127.0.0.1")
     mirror.add_argument("--root", type=Path, required=True, help="folder of <id>.<ext> files (searched recursively)")
-    mirror.add_argument("--port", type=positive_int, default=0, help="0 picks a free port")
+    mirror.add_argument("--port", type=non_negative_int, default=0, help="0 picks a free port")
     mirror.add_argument("--credentials", type=Path, help="file with one line username:password")
     mirror.add_argument("--fault", action="append", default=[], metavar="ID=KIND",
                         help="inject a fault for one id: not_found, auth, transient, truncated, stall")
@@ -94,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--mirror-url", help="base URL of the authors' mirror")
     download.add_argument("--credentials", type=Path, help="file with one line username:password")
     download.add_argument("--cookies", type=Path, help="cookies.txt passed to yt-dlp")
-    download.add_argument("--workers", type=positive_int, default=4)
+    download.add_argument("--workers", type=non_negative_int, default=4)
     download.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     download.add_argument("--retry-failed", action="store_true")
     download.add_argument("--limit", type=positive_int)
@@ -107,11 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="word2vec .bin (GoogleNews format); needed for the tokens feature and clip-level sets")
     extract.add_argument("--out", type=Path, required=True)
     extract.add_argument("--csv", type=Path, help="HowTo100M_v1.csv for the category columns in meta.json")
-    extract.add_argument("--gpus", type=positive_int, default=0, help="model actors, each on a GPU (0: one CPU actor)")
+    extract.add_argument("--gpus", type=non_negative_int, default=0, help="model actors, each on a GPU (0: one CPU actor)")
     extract.add_argument("--gpu-share", type=gpu_share, default=1.0,
                          help="the share of a GPU each actor reserves (default 1); e.g. --gpus 3 --gpu-share 0.33 "
                               "puts three actors on one device")
-    extract.add_argument("--workers", type=positive_int, default=0, help="CPU decode tasks in flight (0: auto)")
+    extract.add_argument("--workers", type=non_negative_int, default=0, help="CPU decode tasks in flight (0: auto)")
     extract.add_argument("--features", type=parse_features, default=list(schema.ALL_FEATURE_NAMES))
     extract.add_argument("--weights-2d", default="imagenet", help="imagenet | PATH | random")
     extract.add_argument("--weights-3d", default="random", help="PATH to resnext101.pth | random")

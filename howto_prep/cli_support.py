@@ -7,7 +7,9 @@ import importlib
 import sys
 from typing import Callable, Sequence
 
-from howto_prep.errors import ExitCode, UserError
+from howto_prep.errors import ExitCode, ToolError
+
+LABELS = {ExitCode.SYSTEM_FAULT: "system fault", ExitCode.DIVERGED: "diverged", ExitCode.INTERRUPTED: "stopped"}
 
 
 def run_handler(prog: str, args: argparse.Namespace) -> int:
@@ -21,8 +23,8 @@ def run_handler(prog: str, args: argparse.Namespace) -> int:
             importlib.import_module(module_name), func_name
         )
         return int(handler(args) or 0)
-    except UserError as err:
-        label = {ExitCode.SYSTEM_FAULT: "system fault", ExitCode.INTERRUPTED: "stopped"}.get(err.exit_code, "error")
+    except ToolError as err:  # every failure of ours: one line and its own exit code
+        label = LABELS.get(err.exit_code, "error")
         print(f"{prog}: {label}: {err}", file=sys.stderr)
         return int(err.exit_code)
     except KeyboardInterrupt:

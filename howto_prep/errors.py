@@ -20,29 +20,47 @@ class ExitCode(IntEnum):
     BROKEN_ENVIRONMENT = 3  # a library of the stack does not work (`howto-prep doctor` names it)
     OUTPUT_LOCKED = 4  # another run holds the output folder: nothing was touched
     SYSTEM_FAULT = 5  # the run stopped on a fault of the system, not of a video; rerun to continue
+    DIVERGED = 6  # training stopped on a non-finite loss; nothing from that step was saved
     INTERRUPTED = 130  # Ctrl-C or SIGTERM; rerun to continue
 
 
-class UserError(Exception):
+class ToolError(Exception):
+    """Any failure either tool reports as one sentence and an exit code (never a traceback).
+
+    The kinds below subclass this directly, not each other, so that `except UserError` means
+    "bad input" only: a system fault, a stop request or a diverged run is never mistaken for one.
+    """
+
+    exit_code: ExitCode = ExitCode.USAGE
+
+
+class UserError(ToolError):
     """Bad input or an unrecoverable condition the user can fix; the message is one sentence."""
 
     exit_code = ExitCode.USAGE
 
 
-class OutputLocked(UserError):
+class OutputLocked(ToolError):
     """Another run holds the output folder's lock; the message names the holder."""
 
     exit_code = ExitCode.OUTPUT_LOCKED
 
 
-class SystemFault(UserError):
+class SystemFault(ToolError):
     """A fault of the system (library, worker, memory, disk, cluster, credentials): the run stops
     without recording it against any video, and a rerun continues where it stopped."""
 
     exit_code = ExitCode.SYSTEM_FAULT
 
 
-class Interrupted(UserError):
+class Diverged(ToolError):
+    """Training produced a non-finite loss: the run stops before saving that step (no NaN weights in a
+    checkpoint); not bad input, so a script can tell it from a typo and retry with other settings."""
+
+    exit_code = ExitCode.DIVERGED
+
+
+class Interrupted(ToolError):
     """Stopped on request (SIGTERM, Ctrl-C) after saving what is needed to continue; rerun to continue."""
 
     exit_code = ExitCode.INTERRUPTED

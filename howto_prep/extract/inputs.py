@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from howto_prep.errors import UserError
+from howto_prep.errors import ToolError, UserError
 from howto_prep.schema import CSV_META_COLUMNS, MANIFEST_FILE
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def load_vocabulary(path: Path) -> Word2VecVocabulary:
 
     try:
         return Word2VecVocabulary(Path(path))
-    except UserError:
+    except ToolError:  # ours already (a storage fault included): not to be re-labelled as bad input
         raise
     except Exception as err:
         raise UserError(f"--word2vec {path} cannot be read as a word2vec .bin file ({type(err).__name__})") from None

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from howto_prep.errors import Interrupted, UserError
+from howto_prep.errors import Diverged, Interrupted, UserError
 from mft_train.config import RunConfig
 from mft_train.data.batch import model_inputs
 from mft_train.losses.objectives import make_objective
@@ -239,7 +239,7 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             self.step += 1
             if not math.isfinite(loss):
-                raise UserError(f"the loss became {loss} at step {self.step} (every rank stops here); "
+                raise Diverged(f"the loss became {loss} at step {self.step} (every rank stops here); "
                                 "lower train.lr or check the shards")
             if per_step_schedule:
                 self.scheduler.step()
