@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 
 from howto_prep.doctor import first_problem
@@ -12,9 +14,38 @@ from howto_prep.synthetic.corpus import CorpusInfo, generate_corpus
 def pytest_sessionstart(session: pytest.Session) -> None:
     """The environment self-test first: a broken wheel stops the suite with one sentence naming it,
     instead of failing dozens of tests in confusing ways (`howto-prep doctor` runs the same checks)."""
-    problem = first_problem()
+    quick = "not slow" in (session.config.getoption("markexpr") or "")  # every Ray test is marked slow
+    problem = first_problem(skip_ray=quick)
     if problem:
         pytest.exit(problem, returncode=3)
+
+
+# `pytest -m "not slow"` is the quick loop (under a minute on 2 cores); `pytest` (CI, `make test`) runs all.
+SLOW_MODULES = {  # slow as a whole: Ray, CLI child processes, torchrun, ffmpeg, full-size CNNs on CPU
+    "test_bench_standin", "test_chaos", "test_ddp", "test_doctor", "test_download", "test_extract",
+    "test_extract_clips", "test_failure_semantics", "test_gpu_share", "test_pipeline", "test_ray_address",
+    "test_storage_faults", "test_synthetic", "test_reference_chain", "test_features_2d", "test_features_3d",
+    "test_embed_search",  # the whole embed + index pipeline on a trained model, once per module
+}
+SLOW_NAMES = frozenset({"subprocess", "ray"})  # a test whose own code uses these starts a process or a cluster
+
+
+def _names(code: types.CodeType) -> set[str]:
+    """Global names a function's code (nested functions included) refers to."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark slow tests in this one place, so a quick run can leave them out and nothing else changes."""
+    for item in items:
+        function = getattr(item, "function", None)
+        in_slow_module = item.module is not None and item.module.__name__.rpartition(".")[2] in SLOW_MODULES
+        if in_slow_module or (function is not None and SLOW_NAMES & _names(function.__code__)):
+            item.add_marker(pytest.mark.slow)
 
 
 SYNTH_VIDEOS = 6
