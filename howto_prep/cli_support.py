@@ -1,9 +1,10 @@
-"""Shared CLI plumbing: lazy subcommand dispatch and one-line error reporting."""
+"""Shared CLI plumbing: lazy subcommand dispatch, one-line error reporting, and where library logs go."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Callable, Sequence
 
@@ -32,7 +33,35 @@ def run_handler(prog: str, args: argparse.Namespace) -> int:
         return int(ExitCode.INTERRUPTED)
 
 
+class CurrentStderr(logging.StreamHandler):
+    """A handler that writes each record to whatever sys.stderr is at that moment (pytest swaps it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property ignores that
+        pass
+
+
+PACKAGES = ("howto_prep", "mft_train")
+
+
+def configure_logging() -> None:
+    """The library's loggers print their message alone on stderr, as the CLI's own lines do; once per process."""
+    for name in PACKAGES:
+        package = logging.getLogger(name)
+        if not any(isinstance(handler, CurrentStderr) for handler in package.handlers):
+            handler = CurrentStderr()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            package.addHandler(handler)
+            package.setLevel(logging.INFO)
+            package.propagate = False
+
+
 def main_for(prog: str, build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> int:
+    configure_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

@@ -83,7 +83,7 @@ def test_clip_shards_slice_and_list_missing(tmp_path, vocab):
     assert len(list(shards.iterate_samples(out))) == 2
 
 
-def test_segment_after_the_video_end_is_missing_not_shortened(tmp_path, vocab, capsys):
+def test_segment_after_the_video_end_is_missing_not_shortened(tmp_path, vocab, caplog):
     """A segment that starts after the file ends is reported and counted missing, never a 0.001 s clip;
     one that only ends past the end is cut there and counted."""
     video_dir = tmp_path / "videos"
@@ -98,7 +98,7 @@ def test_segment_after_the_video_end_is_missing_not_shortened(tmp_path, vocab, c
     out = tmp_path / "clips"
     result = build_clip_shards(video_dir, youcook2_list(clips), vocab, out, absent_videos={"gone_______"})
     assert (result["present"], result["expected"], result["cut_at_video_end"]) == (2, 4, 1)
-    assert "start after the end of their video" in capsys.readouterr().err
+    assert "start after the end of their video" in caplog.text
     manifest = json.loads((out / schema.CLIPS_FILE).read_text())
     assert manifest["missing_by_reason"]["outside_video"] == ["vidA________0001"]
     assert manifest["missing_by_reason"]["video_absent"] == ["gone_______0000"]

@@ -6,16 +6,17 @@ printed, logged or stored goes through `redact` first.
 
 from __future__ import annotations
 
-import functools
-
 import base64
+import functools
+import logging
 import os
 import stat
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from howto_prep.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 USER_VARIABLE = "HOWTO100M_USER"
 PASSWORD_VARIABLE = "HOWTO100M_PASSWORD"
@@ -67,7 +68,7 @@ def warn_if_shared(path: Path) -> None:
     """Warn (stderr) when group or others may read the credentials file."""
     mode = path.stat().st_mode
     if mode & (stat.S_IRGRP | stat.S_IROTH):
-        print(f"warning: {path} is readable by other users; run: chmod 600 {path}", file=sys.stderr)
+        logger.warning("warning: %s is readable by other users; run: chmod 600 %s", path, path)
 
 
 def load_credentials(path: Path | None, environ: dict[str, str] | None = None, warn: bool = True) -> Credentials | None:

@@ -12,8 +12,8 @@ or fails is reported; its clips still count in `clips.json`'s `num_expected`.
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +32,8 @@ from howto_prep.files import atomic_write_json
 
 if TYPE_CHECKING:
     from howto_prep.features.tokens import Word2VecVocabulary
+
+logger = logging.getLogger(__name__)
 
 VIDEO_LEVEL_DIR = "video-level"
 MIN_CLIP_SECONDS = 1e-3  # a segment must start at least this long before the video's end
@@ -58,8 +60,7 @@ def build_clip_set(plan: ExtractPlan, videos: dict[str, Path], captions: dict[st
                       vocab)
     result = build_clip_shards(video_level.out, annotations, vocab, out_dir, plan.shard_size, plan.prefix,
                                absent_videos=set(absent))
-    print(f"clip set {out_dir}: {clip_set_summary(result, annotations)}", file=sys.stderr)
-    print(shards.shard_set_summary(out_dir))
+    logger.info("clip set %s: %s", out_dir, clip_set_summary(result, annotations))
     return result
 
 
@@ -164,8 +165,8 @@ def build_clip_shards(video_shards: Path, annotations: ClipAnnotations, vocab: W
     missing = {clip.clip_id: missing_reason(clip, outside, seen_videos, absent_videos or set())
                for clip in clips if clip.clip_id not in present}
     if outside:
-        print(f"warning: {len(outside)} annotated segment(s) start after the end of their video file "
-              f"(e.g. {sorted(outside)[0]}): counted as missing", file=sys.stderr)
+        logger.warning("warning: %d annotated segment(s) start after the end of their video file (e.g. %s): "
+                       "counted as missing", len(outside), sorted(outside)[0])
     by_reason = {reason: [clip_id for clip_id, r in missing.items() if r == reason] for reason in MISSING_REASONS}
     reasons = {reason: len(ids) for reason, ids in by_reason.items()}
     listing = {"benchmark": annotations.benchmark, "split": annotations.source.split,

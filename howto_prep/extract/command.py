@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from howto_prep import schema
+from howto_prep import schema, shards
 from howto_prep.extract.inputs import find_videos, load_captions, load_vocabulary
 from howto_prep.extract.plan import ExtractPlan, plan_from_args
 from howto_prep.output_lock import output_lock
@@ -25,8 +25,9 @@ def extract_with_lock(plan: ExtractPlan) -> int:
 
         vocab = load_vocabulary(plan.word2vec) if plan.wants(schema.TOKENS_FEATURE) else None
         extract_video_set(plan, videos, captions, vocab)
-        return 0
-    from howto_prep.extract.clip_set import build_clip_set
+    else:
+        from howto_prep.extract.clip_set import build_clip_set
 
-    build_clip_set(plan, videos, captions, load_vocabulary(plan.word2vec))  # clip captions are always tokenised
+        build_clip_set(plan, videos, captions, load_vocabulary(plan.word2vec))  # clip captions are always tokenised
+    print(shards.shard_set_summary(plan.out))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +13,8 @@ from howto_prep.schema import CSV_META_COLUMNS, MANIFEST_FILE
 
 if TYPE_CHECKING:
     from howto_prep.features.tokens import Word2VecVocabulary
+
+logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".3gp", ".mpg", ".mpeg", ".ts"}
 
@@ -34,8 +36,8 @@ def find_videos(videos_dir: Path) -> dict[str, Path]:
         recorded = done_videos(videos_dir)
         missing = [vid for vid, path in recorded.items() if not path.is_file()]
         if missing:
-            print(f"extract: {len(missing)} video(s) marked done in the manifest have no file (e.g. {missing[0]}); "
-                  "rerun `howto-prep download` to fetch them again", file=sys.stderr)
+            logger.warning("extract: %d video(s) marked done in the manifest have no file (e.g. %s); "
+                           "rerun `howto-prep download` to fetch them again", len(missing), missing[0])
         return {vid: path for vid, path in recorded.items() if path.is_file()}
     found: dict[str, Path] = {}
     for path in sorted(videos_dir.rglob("*")):

@@ -3,6 +3,7 @@ write each finished video's sample as it arrives (the driver is the shard set's 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -19,6 +20,8 @@ from howto_prep.shards import ShardWriter
 
 if TYPE_CHECKING:
     from howto_prep.features.tokens import Word2VecVocabulary
+
+logger = logging.getLogger(__name__)
 
 MAX_CALLS = 50  # decode worker processes are recycled after this many videos
 STREAM_BACKPRESSURE = 2  # unconsumed chunks a decode stream may hold
@@ -72,9 +75,9 @@ def run_work(plan: ExtractPlan, todo: list[tuple[str, Path]], writer: ShardWrite
             writer.keep_after_fault()  # every whole sample written so far, if the disk lets us; rerun redoes the rest
             raise
     elapsed = time.perf_counter() - ready
-    print(f"extract: {written} videos, {video_seconds:.0f} video-s in {elapsed:.1f} s "
-          f"({video_seconds / max(elapsed, 1e-9):.2f} video-s/s) after {ready - started:.1f} s of start-up "
-          f"(Ray and {actor_layout(plan, len(actors))})", file=sys.stderr)
+    logger.info("extract: %d videos, %.0f video-s in %.1f s (%.2f video-s/s) after %.1f s of start-up (Ray and %s)",
+                written, video_seconds, elapsed, video_seconds / max(elapsed, 1e-9), ready - started,
+                actor_layout(plan, len(actors)))
     return notes
 
 

@@ -6,7 +6,7 @@ stopped; no single video's failure stops the run.
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +17,8 @@ from howto_prep.extract.plan import ExtractPlan
 
 if TYPE_CHECKING:
     from howto_prep.features.tokens import Word2VecVocabulary
+
+logger = logging.getLogger(__name__)
 
 
 def extract_video_set(plan: ExtractPlan, videos: dict[str, Path], captions: dict[str, dict],
@@ -40,8 +42,7 @@ def extract_video_set(plan: ExtractPlan, videos: dict[str, Path], captions: dict
     writer.close()
     finish_set(plan.out, vocab)
     if notes:
-        print(f"extract: {notes} video(s) not in caption.json were written with empty captions", file=sys.stderr)
-    print(shards.shard_set_summary(plan.out))
+        logger.warning("extract: %d video(s) not in caption.json were written with empty captions", notes)
 
 
 def choose_work(plan: ExtractPlan, videos: dict[str, Path]) -> list[tuple[str, Path]]:
@@ -57,9 +58,9 @@ def choose_work(plan: ExtractPlan, videos: dict[str, Path]) -> list[tuple[str, P
     todo = [item for item in todo if "." not in item[0]]
     if plan.limit:
         todo = todo[:plan.limit]
-    print(f"extract: {len(videos)} videos found, {len(done & videos.keys())} already in shards, "
-          f"{len(failed.keys() & videos.keys() - done)} skipped as failed"
-          f"{' (use --retry-failed)' if failed else ''}, {len(todo)} to do", file=sys.stderr)
+    logger.info("extract: %d videos found, %d already in shards, %d skipped as failed%s, %d to do", len(videos),
+                len(done & videos.keys()), len(failed.keys() & videos.keys() - done),
+                " (use --retry-failed)" if failed else "", len(todo))
     return todo
 
 
@@ -68,8 +69,8 @@ def warn_random_weights(plan: ExtractPlan) -> None:
     for option, spec, feature in (("--weights-2d", plan.weights_2d, schema.RESNET152.name),
                                   ("--weights-3d", plan.weights_3d, schema.RESNEXT101.name)):
         if spec == "random" and plan.wants(feature):
-            print(f"WARNING: {option} random: features come from RANDOM weights (tests only); "
-                  "meta.json records it", file=sys.stderr)
+            logger.warning("WARNING: %s random: features come from RANDOM weights (tests only); meta.json records it",
+                           option)
 
 
 def finish_set(out_dir: Path, vocab: Word2VecVocabulary | None) -> None:

@@ -13,14 +13,16 @@ builds the stand-in. meta.json records `bench-zero` as the weights and the run w
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-import sys
 
 import numpy as np
 
 from howto_prep import schema
 from howto_prep.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 STANDIN = "bench-zero"
 ENABLE_VARIABLE = "HOWTO_PREP_BENCH_ONLY"
@@ -36,8 +38,8 @@ def require_bench_only(option: str) -> None:
     if os.environ.get(ENABLE_VARIABLE) != "1":
         raise UserError(f"{option} {STANDIN} is a benchmark-only stand-in that writes all-zero features; "
                         f"it needs {ENABLE_VARIABLE}=1 in the environment (bench/ scripts set it)")
-    print(f"WARNING: {option} {STANDIN}: the visual features are ALL ZEROS (benchmark stand-in, no model); "
-          "these shards are useless for training", file=sys.stderr)
+    logger.warning("WARNING: %s %s: the visual features are ALL ZEROS (benchmark stand-in, no model); "
+                   "these shards are useless for training", option, STANDIN)
 
 
 class ZeroFeatures:

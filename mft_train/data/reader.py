@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import re
-import sys
 import tarfile
 import warnings
-from typing import Callable, Iterable, Iterator, NamedTuple, TextIO
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import webdataset as wds
 
 from howto_prep.schema import CAPTIONS_FIELD, LOGMEL, META_FIELD, RESNET152, RESNEXT101, TOKEN_OFFSETS_FIELD, TOKENS_FIELD
 from mft_train.data.shards import DecodedSample
+
+logger = logging.getLogger(__name__)
 
 _META_MEMBER = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta
 
@@ -84,10 +86,10 @@ class SkipPolicy:
         parts = [part for part in parts if part]
         return f"skipped {', '.join(parts)}" if parts else "skipped nothing"
 
-    def report(self, command: str, stream: TextIO | None = None) -> None:
-        """Print `command: <summary>` when anything was skipped (the end of a command calls this)."""
+    def report(self, command: str) -> None:
+        """Log `command: <summary>` when anything was skipped (the end of a command calls this)."""
         if self.skipped:
-            print(f"{command}: {self.summary()} (see the warnings above)", file=stream or sys.stderr)
+            logger.warning("%s: %s (see the warnings above)", command, self.summary())
 
 
 def _count(number: int, noun: str) -> str:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import sys
+import logging
 from pathlib import Path
 
 from howto_prep.files import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 THUMB_SIZE = (320, 180)
 
@@ -92,7 +94,6 @@ def write_results_page(path: Path, report: dict, videos_dir: Path | None) -> Non
         videos = find_videos(videos_dir)
         missing = sorted({hit["video_id"] for hit in report["results"]} - set(videos))
         if missing:
-            print(f"search: {len(missing)} hit video(s) not in {videos_dir} (e.g. {missing[0]}): no thumbnail",
-                  file=sys.stderr)
+            logger.warning("search: %d hit video(s) not in %s (e.g. %s): no thumbnail", len(missing), videos_dir, missing[0])
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, results_page(report, videos))
