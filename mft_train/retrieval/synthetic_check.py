@@ -95,8 +95,9 @@ def run_query(args: argparse.Namespace) -> int:
     manifest, _, shows, steps = labelled_windows(Path(args.index), Path(args.truth))
     step = steps[chosen_step(shows, steps, index_vocabulary(manifest))]
     print(" ".join(step["words"]))
-    print(f"synthetic_check: step {step['index']} {step['name']!r} is shown by {int(shows[:, step['index']].sum())} "
-          f"of {len(shows)} windows; querying its narration words", file=sys.stderr)
+    print(f"synthetic_check: the shown query follows a rule fixed before any search (the narration words of the "
+          f"step the most windows show, among steps whose words the vocabulary holds): step {step['index']} "
+          f"{step['name']!r}, shown by {int(shows[:, step['index']].sum())} of {len(shows)} windows", file=sys.stderr)
     return 0
 
 
