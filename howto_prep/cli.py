@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from howto_prep import schema
-from howto_prep.cli_support import main_for
+from howto_prep.cli_support import local_path, main_for
 from howto_prep.extract.failure_storm import DEFAULT_THRESHOLD as FAILURE_STORM
 from howto_prep.extract.plan import DEFAULT_ACTOR_TIMEOUT_S, DEFAULT_DECODE_TIMEOUT_S
 
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     synth = sub.add_parser("synth", help="write a small synthetic corpus in HowTo100M's formats")
-    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--out", type=local_path, required=True)
     synth.add_argument("--videos", type=positive_int, default=24, help="number of pretraining videos")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--heldout", type=non_negative_int, default=None,
@@ -91,22 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(handler="howto_prep.synthetic.command:run_synth")
 
     mirror = sub.add_parser("mirror", help="serve a video folder like the authors' mirror on 127.0.0.1")
-    mirror.add_argument("--root", type=Path, required=True, help="folder of <id>.<ext> files (searched recursively)")
+    mirror.add_argument("--root", type=local_path, required=True, help="folder of <id>.<ext> files (searched recursively)")
     mirror.add_argument("--port", type=non_negative_int, default=0, help="0 picks a free port")
-    mirror.add_argument("--credentials", type=Path, help="file with one line username:password")
+    mirror.add_argument("--credentials", type=local_path, help="file with one line username:password")
     mirror.add_argument("--fault", action="append", default=[], metavar="ID=KIND",
                         help="inject a fault for one id: not_found, auth, transient, truncated, stall")
     mirror.set_defaults(handler="howto_prep.synthetic.command:run_mirror")
 
     download = sub.add_parser("download", help="fetch videos from the mirror or YouTube, resumably")
     source = download.add_mutually_exclusive_group(required=True)
-    source.add_argument("--csv", type=Path, help="HowTo100M_v1.csv")
-    source.add_argument("--ids", type=Path, help="file with one video id (or URL) per line")
-    download.add_argument("--out", type=Path, required=True)
+    source.add_argument("--csv", type=local_path, help="HowTo100M_v1.csv")
+    source.add_argument("--ids", type=local_path, help="file with one video id (or URL) per line")
+    download.add_argument("--out", type=local_path, required=True)
     download.add_argument("--source", choices=["mirror", "youtube", "auto"], default="auto")
     download.add_argument("--mirror-url", help="base URL of the authors' mirror")
-    download.add_argument("--credentials", type=Path, help="file with one line username:password")
-    download.add_argument("--cookies", type=Path, help="cookies.txt passed to yt-dlp")
+    download.add_argument("--credentials", type=local_path, help="file with one line username:password")
+    download.add_argument("--cookies", type=local_path, help="cookies.txt passed to yt-dlp")
     download.add_argument("--workers", type=non_negative_int, default=4)
     download.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     download.add_argument("--retry-failed", action="store_true")
@@ -114,12 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     download.set_defaults(handler="howto_prep.download.command:run_download")
 
     extract = sub.add_parser("extract", help="decode once and write 2D/3D/audio/text features to shards")
-    extract.add_argument("--videos", type=Path, required=True)
-    extract.add_argument("--captions", type=Path, help="caption.json (video-level sets; optional with clip annotations)")
-    extract.add_argument("--word2vec", type=Path,
+    extract.add_argument("--videos", type=local_path, required=True)
+    extract.add_argument("--captions", type=local_path, help="caption.json (video-level sets; optional with clip annotations)")
+    extract.add_argument("--word2vec", type=local_path,
                          help="word2vec .bin (GoogleNews format); needed for the tokens feature and clip-level sets")
-    extract.add_argument("--out", type=Path, required=True)
-    extract.add_argument("--csv", type=Path, help="HowTo100M_v1.csv for the category columns in meta.json")
+    extract.add_argument("--out", type=local_path, required=True)
+    extract.add_argument("--csv", type=local_path, help="HowTo100M_v1.csv for the category columns in meta.json")
     extract.add_argument("--gpus", type=non_negative_int, default=0, help="model actors, each on a GPU (0: one CPU actor)")
     extract.add_argument("--gpu-share", type=gpu_share, default=1.0,
                          help="the share of a GPU each actor reserves (default 1); e.g. --gpus 3 --gpu-share 0.33 "
@@ -144,14 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
                               "none of them recorded (default %(default)s)")
     clips = extract.add_argument_group("clip-level sets (evaluation / fine-tuning): one sample per annotated clip")
     annotation = clips.add_mutually_exclusive_group()
-    annotation.add_argument("--youcook2", type=Path, help="youcookii_annotations_trainval.json")
-    annotation.add_argument("--msrvtt", type=Path, nargs="+", metavar="INFO_JSON",
+    annotation.add_argument("--youcook2", type=local_path, help="youcookii_annotations_trainval.json")
+    annotation.add_argument("--msrvtt", type=local_path, nargs="+", metavar="INFO_JSON",
                             help="MSR-VTT videodatainfo.json file(s), e.g. train_val_videodatainfo.json test_videodatainfo.json")
-    annotation.add_argument("--clips", type=Path,
+    annotation.add_argument("--clips", type=local_path,
                             help="a clips csv: video_id,start,end and text or caption (e.g. validation_youcook.csv)")
     clips.add_argument("--split", help="YouCook2: training|validation (default validation); "
                                        "MSR-VTT: train|validate (or val)|test (default test)")
-    clips.add_argument("--test-list", type=Path,
+    clips.add_argument("--test-list", type=local_path,
                        help="MSR-VTT: the rows to keep: bare ids, a video_id csv (7k/9k lists) or the JSFusion "
                             "1k-A csv (its sentence is the query)")
     clips.add_argument("--protocol", help="assert the evaluation protocol these inputs define: "
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.set_defaults(handler="howto_prep.extract.command:run_extract")
 
     verify = sub.add_parser("verify", help="check every shard's size, sha256 and members against its JSON")
-    verify.add_argument("shards", type=Path, help="a shard set folder")
+    verify.add_argument("shards", type=local_path, help="a shard set folder")
     verify.set_defaults(handler="howto_prep.verify:run_verify")
 
     doctor = sub.add_parser("doctor", help="check that every native library of the stack works (names the broken one)")
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(handler="howto_prep.doctor:run_doctor")
 
     status = sub.add_parser("status", help="counts by status and failure kind for videos/ or shards/")
-    status.add_argument("path", type=Path)
+    status.add_argument("path", type=local_path)
     status.set_defaults(handler="howto_prep.status:run_status")
     return parser
 

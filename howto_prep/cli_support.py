@@ -5,12 +5,24 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from howto_prep.errors import ExitCode, ToolError
 
+URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 LABELS = {ExitCode.SYSTEM_FAULT: "system fault", ExitCode.DIVERGED: "diverged", ExitCode.INTERRUPTED: "stopped"}
+
+
+def local_path(value: str) -> Path:
+    """A path on a local or shared filesystem. A URL (s3://, gs://, http://...) is refused: taken as a
+    path it would silently become a local folder named "s3:" while the user believes it is the bucket."""
+    if URL_SCHEME.match(value):
+        raise argparse.ArgumentTypeError(f"{value}: URLs are not supported (yet); give a local or "
+                                         "shared-filesystem path")
+    return Path(value)
 
 
 def run_handler(prog: str, args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from howto_prep.cli_support import main_for
+from howto_prep.cli_support import local_path, main_for
 
 
 def add_command(sub: argparse._SubParsersAction, name: str, help_text: str, handler: str) -> argparse.ArgumentParser:
@@ -25,29 +25,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     pretrain = add_command(sub, "pretrain", "pretrain on HowTo100M-style shards", "mft_train.training.pretrain:run_pretrain")
-    pretrain.add_argument("--shards", type=Path, required=True)
-    pretrain.add_argument("--out", type=Path, required=True)
+    pretrain.add_argument("--shards", type=local_path, required=True)
+    pretrain.add_argument("--out", type=local_path, required=True)
     pretrain.add_argument("--config", default=None, help="preset name (e.g. eao_small) or YAML path")
     pretrain.add_argument("--model", choices=["eao", "mcn"], default=None)
     pretrain.add_argument("--resume", action="store_true")
 
     finetune = add_command(sub, "finetune", "fine-tune a checkpoint on clip-level shards", "mft_train.training.finetune:run_finetune")
     for flag in ("--init", "--shards", "--eval-shards", "--out"):
-        finetune.add_argument(flag, type=Path, required=True)
+        finetune.add_argument(flag, type=local_path, required=True)
     finetune.add_argument("--config", default=None)
 
     evaluate = add_command(sub, "evaluate", "retrieval metrics of a checkpoint on clip-level shards",
                            "mft_train.evaluation.evaluate:run_evaluate")
-    evaluate.add_argument("--checkpoint", type=Path, required=True)
-    evaluate.add_argument("--shards", type=Path, required=True)
+    evaluate.add_argument("--checkpoint", type=local_path, required=True)
+    evaluate.add_argument("--shards", type=local_path, required=True)
     evaluate.add_argument("--num-expected", type=int, default=None)
     evaluate.add_argument("--strategy", choices=["at_once", "clips"], default="at_once")
-    evaluate.add_argument("--json", type=Path, default=None)
+    evaluate.add_argument("--json", type=local_path, default=None)
 
     imported = add_command(sub, "import-eao", "turn a checkpoint of the authors' Everything-at-Once code into a run folder",
                            "mft_train.interop.import_eao:run_import_eao")
-    imported.add_argument("checkpoint", type=Path, help="their .pth (a dict with state_dict) or a bare state_dict")
-    imported.add_argument("--out", type=Path, required=True, help="the new run folder, e.g. runs/eao-released")
+    imported.add_argument("checkpoint", type=local_path, help="their .pth (a dict with state_dict) or a bare state_dict")
+    imported.add_argument("--out", type=local_path, required=True, help="the new run folder, e.g. runs/eao-released")
     imported.add_argument("--heads", type=int, default=None,
                           help="attention heads of the fusion block (default: their config's, else the paper's 64)")
     imported.add_argument("--config", default=None,
@@ -55,30 +55,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     embed = add_command(sub, "embed", "embed every video of a video-level shard set in windows, into a search index",
                         "mft_train.retrieval.embed:run_embed")
-    embed.add_argument("--checkpoint", type=Path, required=True, help="run folder or checkpoint file")
-    embed.add_argument("--shards", type=Path, required=True, help="a video-level shard set")
-    embed.add_argument("--out", type=Path, required=True, help="the index folder (rerun the same command to resume)")
+    embed.add_argument("--checkpoint", type=local_path, required=True, help="run folder or checkpoint file")
+    embed.add_argument("--shards", type=local_path, required=True, help="a video-level shard set")
+    embed.add_argument("--out", type=local_path, required=True, help="the index folder (rerun the same command to resume)")
     embed.add_argument("--window", type=float, default=None, help="window length in s (default: the pretraining clip)")
     embed.add_argument("--stride", type=float, default=None, help="s between window starts (default: half a window)")
     embed.add_argument("--batch", type=int, default=64, help="windows per forward pass")
     embed.add_argument("--index-type", choices=["auto", "flat", "ivf"], default="auto",
                        help="exact scan, inverted file, or by size (default)")
-    embed.add_argument("--vocab", type=Path, default=None,
+    embed.add_argument("--vocab", type=local_path, default=None,
                        help="shard set whose vocab/ queries use (default: --shards; same word2vec)")
 
     search = add_command(sub, "search", "the windows of an embedded collection that best match a text query",
                          "mft_train.retrieval.search:run_search")
     search.add_argument("query", help="words, tokenised like the shards' captions")
-    search.add_argument("--index", type=Path, required=True)
+    search.add_argument("--index", type=local_path, required=True)
     search.add_argument("--top", type=int, default=10)
     search.add_argument("--target", choices=["va", "v", "a"], default="va",
                         help="fused video+audio (default), video or audio embeddings")
     search.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
-    search.add_argument("--html", type=Path, default=None, help="write a results page with keyframes")
-    search.add_argument("--videos", type=Path, default=None, help="video folder for the page's keyframes")
+    search.add_argument("--html", type=local_path, default=None, help="write a results page with keyframes")
+    search.add_argument("--videos", type=local_path, default=None, help="video folder for the page's keyframes")
     search.add_argument("--nprobe", type=int, default=None, help="IVF lists scanned per query (IVF indexes)")
-    search.add_argument("--checkpoint", type=Path, default=None, help="the index's checkpoint, if it moved")
-    search.add_argument("--vocab", type=Path, default=None, help="a shard set with the index's vocab/, if it moved")
+    search.add_argument("--checkpoint", type=local_path, default=None, help="the index's checkpoint, if it moved")
+    search.add_argument("--vocab", type=local_path, default=None, help="a shard set with the index's vocab/, if it moved")
     return parser
 
 
