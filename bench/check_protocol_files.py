@@ -52,6 +52,9 @@ def main() -> int:
         if args.msrvtt:
             clips = load_msrvtt(args.msrvtt, test_list=args.jsfusion)
             ok &= row("msrvtt-1ka", clips, all(clip.captions == (sentences[clip.video_id],) for clip in clips))
+    if args.nine_k:
+        ids, _, header = read_video_list(args.nine_k)
+        print(f"{'9k list':<22} {len(ids):>7} rows  {len(set(ids)):>6} videos  header {', '.join(header) or 'none'}")
     if args.msrvtt:
         ok &= row("msrvtt test split", load_msrvtt(args.msrvtt, "test"), True)
         if args.nine_k:
