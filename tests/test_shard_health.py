@@ -48,20 +48,21 @@ def damage(root: Path) -> None:
     rewrite_member(tars[1], f"{keys[1]}.{schema.RESNEXT101.field}", npy_bytes(np.ones((rows, 1024), np.float16)))
 
 
-@pytest.fixture
-def video_set(tmp_path: Path) -> Path:
-    root = tmp_path / "videos"
-    write_shard_set(root, videos=9, shards=3)
+def damaged(root: Path, write) -> Path:
+    """Nine samples over three shards, written by `write`, then damaged three ways."""
+    write(root)
     damage(root)
     return root
+
+
+@pytest.fixture
+def video_set(tmp_path: Path) -> Path:
+    return damaged(tmp_path / "videos", lambda root: write_shard_set(root, videos=9, shards=3))
 
 
 @pytest.fixture
 def clip_set(tmp_path: Path) -> Path:
-    root = tmp_path / "clips"
-    write_clip_set(root, topics=9, shards=3)
-    damage(root)
-    return root
+    return damaged(tmp_path / "clips", lambda root: write_clip_set(root, topics=9, shards=3))
 
 
 def read_stream(root: Path, skips=None) -> list[dict]:
