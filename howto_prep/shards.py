@@ -22,6 +22,7 @@ import re
 import time
 from collections import Counter
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -126,24 +127,63 @@ def read_failures(out_dir: Path) -> dict[str, dict]:
     return latest
 
 
+@dataclass(frozen=True)
+class WriterSlot:
+    """Which shard indices one writer of a set takes (first, first + stride, ...), so several writers
+    never pick the same name, and what it adds to each of its shard records (e.g. the node it ran on)."""
+
+    first_index: int
+    stride: int
+    record: dict = field(default_factory=dict)
+
+
+def next_free_index(out_dir: Path, prefix: str) -> int:
+    """The index after every existing tar and JSON of `prefix` (a tar without JSON is never overwritten)."""
+    name = re.compile(rf"^{re.escape(prefix)}-(?P<index>\d{{6}})\.(json|tar)$")
+    taken = [int(match["index"]) for match in map(name.match, os.listdir(out_dir)) if match]
+    return max(taken) + 1 if taken else 0
+
+
+def prepare_output(out_dir: Path) -> None:
+    """Create the set's folder and clear a killed run's residue (our temporary files)."""
+    with storage_faults(Path(out_dir)):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    clean_unfinished(Path(out_dir))
+
+
+def writer_slots(out_dir: Path, prefix: str, writers: int) -> list[WriterSlot]:
+    """Clear a killed run's residue once, then give `writers` writers interleaved indices after the
+    existing shards (the output lock guarantees no other run writes here meanwhile)."""
+    prepare_output(Path(out_dir))
+    first = next_free_index(Path(out_dir), prefix)
+    return [WriterSlot(first + position, writers) for position in range(writers)]
+
+
 class ShardWriter:
     """The only writer of a shard set: one sample per video, rolls over after `max_bytes`."""
 
     def __init__(self, out_dir: Path, max_bytes: int = schema.DEFAULT_SHARD_BYTES,
                  prefix: str = schema.DEFAULT_PREFIX,
-                 before_json: Callable[[str, set[int]], None] | None = None) -> None:
+                 before_json: Callable[[str, set[int]], None] | None = None,
+                 slot: WriterSlot | None = None) -> None:
         """`before_json(shard_name, token_ids)` runs after a shard's tar is in place and before its
-        JSON makes it part of the set (extract writes the shard's vocabulary part there)."""
+        JSON makes it part of the set (extract writes the shard's vocabulary part there).
+
+        Alone (slot None) the writer clears a killed run's residue and takes the indices after every
+        existing shard. One of several writers of one set (extract's per-node agents) gets a `slot`
+        from `writer_slots`, which did both once for all of them."""
         self.out_dir = Path(out_dir)
         with storage_faults(self.out_dir):
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.prefix = prefix
         self.before_json = before_json
-        clean_unfinished(self.out_dir)
-        name = re.compile(rf"^{re.escape(prefix)}-(?P<index>\d{{6}})\.(json|tar)$")
-        taken = [int(match["index"]) for match in map(name.match, os.listdir(self.out_dir)) if match]
-        self.next_index = max(taken) + 1 if taken else 0
+        if slot is None:
+            clean_unfinished(self.out_dir)
+            slot = WriterSlot(next_free_index(self.out_dir, prefix), 1)
+        self.slot = slot
+        self.next_index = slot.first_index
+        self.committed: list[dict] = []  # the records of the shards this writer finished (drained by its owner)
         self._shard: ExitStack | None = None  # the open shard: its temporary file, renamed on close_shard
         self._reset()
 
@@ -197,7 +237,7 @@ class ShardWriter:
         shard, tar, keys, token_ids, seconds = self._shard, self._tar, self._keys, self._token_ids, self._seconds
         final, record_path = self._final_path(schema.SHARD_NAME), self._final_path(schema.SHARD_JSON)
         self._reset()
-        self.next_index += 1
+        self.next_index += self.slot.stride
         try:
             tar.close()  # the end-of-archive blocks: the last bytes of the tar
         except BaseException as err:
@@ -210,12 +250,15 @@ class ShardWriter:
                     self.before_json(final.stem, token_ids)
                 record = {"url": final.name, "keys": keys, "count": len(keys), "bytes": final.stat().st_size,
                           "sha256": file_sha256(final), "video_seconds": round(seconds, 3),
-                          "token_ids": sorted(token_ids), "schema_version": schema.SCHEMA_VERSION}
+                          "token_ids": sorted(token_ids), "schema_version": schema.SCHEMA_VERSION,
+                          **self.slot.record}
             atomic_write_json(record_path, record)
         except BaseException:
             remove_quietly(final)  # made by this call, so ours: without its JSON it would only be an orphan
             raise
-        write_index(self.out_dir)
+        if self.slot.stride == 1:  # several writers: index.json is rebuilt once, when the run ends
+            write_index(self.out_dir)
+        self.committed.append(record)
         return final
 
     @staticmethod

@@ -25,6 +25,7 @@ SLOW_MODULES = {  # slow as a whole: Ray, CLI child processes, torchrun, ffmpeg,
     "test_bench_standin", "test_chaos", "test_ddp", "test_doctor", "test_download", "test_extract",
     "test_extract_clips", "test_failure_semantics", "test_gpu_share", "test_pipeline", "test_ray_address",
     "test_storage_faults", "test_synthetic", "test_reference_chain", "test_features_2d", "test_features_3d",
+    "test_agents", "test_multinode", "test_object_store",  # agents on a local Ray; a 3-node cluster; a moto S3 server
     "test_embed_search",  # the whole embed + index pipeline on a trained model, once per module
 }
 SLOW_NAMES = frozenset({"subprocess", "ray"})  # a test whose own code uses these starts a process or a cluster

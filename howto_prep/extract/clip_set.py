@@ -31,6 +31,7 @@ from howto_prep.extract.video_set import extract_video_set, finish_set
 from howto_prep.files import atomic_write_json
 
 if TYPE_CHECKING:
+    from howto_prep.extract.caption_index import CaptionIndex
     from howto_prep.features.tokens import Word2VecVocabulary
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ END_TOLERANCE_SECONDS = 1.0  # annotations in whole seconds may end a little pas
 MISSING_REASONS = ("video_absent", "video_failed", "outside_video", "unreadable")
 
 
-def build_clip_set(plan: ExtractPlan, videos: dict[str, Path], captions: dict[str, dict],
+def build_clip_set(plan: ExtractPlan, videos: dict[str, Path], captions: CaptionIndex | None,
                    vocab: Word2VecVocabulary) -> dict:
     """Extract the annotated videos once into `OUT/video-level/`, then cut their clips into `plan.out`."""
     annotations = plan.clip_annotations
@@ -56,8 +57,8 @@ def build_clip_set(plan: ExtractPlan, videos: dict[str, Path], captions: dict[st
     out_dir = plan.out
     video_level = replace(plan, out=out_dir / VIDEO_LEVEL_DIR)
     wanted = {video_id: videos[video_id] for video_id in wanted_ids if video_id in videos}
-    extract_video_set(video_level, wanted, {video_id: captions.get(video_id, EMPTY_CAPTIONS) for video_id in wanted},
-                      vocab)
+    extract_video_set(video_level, wanted, {video_id: (captions.get(video_id) if captions is not None else None)
+                                            or EMPTY_CAPTIONS for video_id in wanted}, vocab)
     result = build_clip_shards(video_level.out, annotations, vocab, out_dir, plan.shard_size, plan.prefix,
                                absent_videos=set(absent))
     logger.info("clip set %s: %s", out_dir, clip_set_summary(result, annotations))

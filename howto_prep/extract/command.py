@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from howto_prep import schema, shards
-from howto_prep.extract.inputs import find_videos, load_captions, load_vocabulary
+from howto_prep.extract.inputs import find_videos, open_captions, open_word2vec
 from howto_prep.extract.plan import ExtractPlan, plan_from_args
 from howto_prep.output_lock import output_lock
 
@@ -19,15 +19,15 @@ def run_extract(args: argparse.Namespace) -> int:
 
 def extract_with_lock(plan: ExtractPlan) -> int:
     videos = find_videos(plan.videos_dir)
-    captions = load_captions(plan.captions) if plan.captions else {}
+    captions = open_captions(plan.captions, plan.out) if plan.captions else None
     if plan.clip_annotations is None:
         from howto_prep.extract.video_set import extract_video_set
 
-        vocab = load_vocabulary(plan.word2vec) if plan.wants(schema.TOKENS_FEATURE) else None
+        vocab = open_word2vec(plan.word2vec, plan.out) if plan.wants(schema.TOKENS_FEATURE) else None
         extract_video_set(plan, videos, captions, vocab)
     else:
         from howto_prep.extract.clip_set import build_clip_set
 
-        build_clip_set(plan, videos, captions, load_vocabulary(plan.word2vec))  # clip captions are always tokenised
+        build_clip_set(plan, videos, captions, open_word2vec(plan.word2vec, plan.out))  # clip captions: always tokenised
     print(shards.shard_set_summary(plan.out))
     return 0

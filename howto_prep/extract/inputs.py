@@ -1,18 +1,20 @@
-"""Inputs of `howto-prep extract`: the video files, caption.json, the HowTo100M CSV, word2vec, weight options."""
+"""Inputs of `howto-prep extract`: the video files, caption.json and word2vec (as on-disk indexes: see
+input_index), the HowTo100M CSV, weight options."""
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from howto_prep.errors import ToolError, UserError
+from howto_prep.errors import UserError
 from howto_prep.schema import CSV_META_COLUMNS, MANIFEST_FILE
 
 if TYPE_CHECKING:
-    from howto_prep.features.tokens import Word2VecVocabulary
+    from howto_prep.extract.caption_index import CaptionIndex
+    from howto_prep.features.word2vec_table import Word2VecTable
 
 logger = logging.getLogger(__name__)
 
@@ -49,43 +51,39 @@ def find_videos(videos_dir: Path) -> dict[str, Path]:
     return found
 
 
-def load_captions(path: Path) -> dict[str, dict]:
-    """caption.json: {video_id: {"start": [...], "end": [...], "text": [...]}}."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            captions = json.load(handle)
-    except FileNotFoundError:
-        raise UserError(f"--captions {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"--captions {path} is not valid JSON ({err})") from None
-    if not isinstance(captions, dict):
-        raise UserError(f"--captions {path} must map video ids to {{start, end, text}} lists")
-    for video_id, entry in captions.items():
-        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), list) for k in ("start", "end", "text")) \
-                or not len(entry["start"]) == len(entry["end"]) == len(entry["text"]):
-            raise UserError(f"--captions {path}: entry {video_id!r} needs start, end and text lists of equal length")
-    return captions
+def open_captions(path: Path, out_dir: Path) -> CaptionIndex:
+    """caption.json as its on-disk index under the output (built once, checked against the file each run)."""
+    from howto_prep.extract.caption_index import CaptionIndex
+
+    if not Path(path).is_file():
+        raise UserError(f"--captions {path} does not exist")
+    return CaptionIndex.open(Path(path), Path(out_dir))
 
 
-def load_csv_columns(path: Path | None) -> dict[str, dict]:
-    """video_id -> the HowTo100M_v1.csv category columns (empty without --csv)."""
+def load_csv_columns(path: Path | None, wanted: set[str] | None = None) -> dict[str, dict]:
+    """video_id -> the HowTo100M_v1.csv category columns of the `wanted` videos (empty without --csv).
+
+    Streamed row by row; only the wanted rows are kept, their repeated values (categories) interned."""
     if path is None:
         return {}
+    rows: dict[str, dict] = {}
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             if not reader.fieldnames or "video_id" not in reader.fieldnames:
                 raise UserError(f"--csv {path} has no video_id column")
-            return {row["video_id"]: {column: parse_cell(row.get(column)) for column in CSV_META_COLUMNS}
-                    for row in reader}
+            for row in reader:
+                if wanted is None or row["video_id"] in wanted:
+                    rows[row["video_id"]] = {column: parse_cell(row.get(column)) for column in CSV_META_COLUMNS}
     except FileNotFoundError:
         raise UserError(f"--csv {path} does not exist") from None
+    return rows
 
 
 def parse_cell(value: str | None) -> str | int | None:
     if value is None or value == "":
         return None
-    return int(value) if value.lstrip("-").isdigit() else value
+    return int(value) if value.lstrip("-").isdigit() else sys.intern(value)
 
 
 def check_weights(spec: str, option: str, named: tuple[str, ...]) -> None:
@@ -96,13 +94,10 @@ def check_weights(spec: str, option: str, named: tuple[str, ...]) -> None:
         raise UserError(f"{option} {spec}: no such file (use {' | '.join(named)} or a path to a state dict)")
 
 
-def load_vocabulary(path: Path) -> Word2VecVocabulary:
-    """The word2vec vocabulary, loaded once in the driver (never in the workers)."""
-    from howto_prep.features.tokens import Word2VecVocabulary
+def open_word2vec(path: Path, out_dir: Path) -> Word2VecTable:
+    """The word2vec .bin as its memory-mapped table under the output (built once, checked each run)."""
+    from howto_prep.features.word2vec_table import Word2VecTable
 
-    try:
-        return Word2VecVocabulary(Path(path))
-    except ToolError:  # ours already (a storage fault included): not to be re-labelled as bad input
-        raise
-    except Exception as err:
-        raise UserError(f"--word2vec {path} cannot be read as a word2vec .bin file ({type(err).__name__})") from None
+    if not Path(path).is_file():
+        raise UserError(f"--word2vec {path} does not exist")
+    return Word2VecTable.open(Path(path), Path(out_dir))

@@ -46,14 +46,22 @@ class _Job:
     stream_done: bool = False
 
 
-def run_pipeline(videos: Iterable[tuple[str, Path]], decode: Callable[[str], Any], actors: list,
+IDLE_WAIT_S = 0.05  # how often an idle loop asks its live feed for videos again
+
+
+def run_pipeline(videos: Iterable[tuple[str, Path] | None], decode: Callable[[str], Any], actors: list,
                  max_videos: int, max_chunks: int, timeout_s: float,
-                 actor_timeout_s: float | None = None, actor_restarts: int = 3) -> Iterator[Outcome]:
+                 actor_timeout_s: float | None = None, actor_restarts: int = 3,
+                 on_chunk: Callable[[Any], None] | None = None) -> Iterator[Outcome]:
     """Yield one Outcome per video, in completion order; no video's failure stops the others.
+
+    `videos` may be a live feed: None from it means "nothing queued now" (the loop goes on with what
+    it has and asks again); the loop ends when the feed is exhausted and every video has its outcome.
 
     A model actor that returns nothing for `actor_timeout_s` while it has work is killed; Ray restarts
     it and sends its pending chunks again. After `actor_restarts` such kills the run stops
-    (SystemFault): the actor, not the videos, is at fault."""
+    (SystemFault): the actor, not the videos, is at fault. `on_chunk(ref)` sees each chunk's ObjectRef
+    before it goes to an actor (extract's agents count the bytes that would cross nodes)."""
     import ray
 
     actor_timeout_s = timeout_s if actor_timeout_s is None else actor_timeout_s
@@ -67,13 +75,19 @@ def run_pipeline(videos: Iterable[tuple[str, Path]], decode: Callable[[str], Any
         # may still hold the stream's last chunks (memory stays bounded: those are within max_chunks).
         while not exhausted and sum(not job.stream_done for job in active.values()) < max(1, max_videos):
             try:
-                video_id, path = next(todo)
+                item = next(todo)
             except StopIteration:
                 exhausted = True
                 break
+            if item is None:  # a live feed with nothing queued right now (extract's agents): ask again later
+                break
+            video_id, path = item
             active[video_id] = _Job(video_id, path, decode(str(path)))
         if not active:
-            return
+            if exhausted:
+                return
+            time.sleep(IDLE_WAIT_S)
+            continue
         queued = sum(load)
         now = time.monotonic()
         streams = []
@@ -91,7 +105,7 @@ def run_pipeline(videos: Iterable[tuple[str, Path]], decode: Callable[[str], Any
             job = next(j for j in active.values() if item is j.stream or item in j.pending)
             try:
                 if item is job.stream:
-                    _advance_stream(job, actors, load)
+                    _advance_stream(job, actors, load, on_chunk)
                 else:
                     index, rows = ray.get(item)
                     load[job.pending.pop(item)] -= 1
@@ -118,7 +132,7 @@ def run_pipeline(videos: Iterable[tuple[str, Path]], decode: Callable[[str], Any
         yield from finished
 
 
-def _advance_stream(job: _Job, actors: list, load: list[int]) -> None:
+def _advance_stream(job: _Job, actors: list, load: list[int], on_chunk: Callable[[Any], None] | None) -> None:
     """Take the stream's next item: the header (fetched), or a chunk (sent to the least busy actor)."""
     import ray
 
@@ -134,6 +148,8 @@ def _advance_stream(job: _Job, actors: list, load: list[int]) -> None:
     if job.header is None:
         job.header = ray.get(ref)
         return
+    if on_chunk is not None:
+        on_chunk(ref)
     chosen = min(range(len(actors)), key=lambda i: load[i])
     load[chosen] += 1
     embed = actors[chosen].embed.remote(ref)

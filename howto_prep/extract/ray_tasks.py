@@ -88,6 +88,12 @@ class FeatureModels:
 
             self.models[schema.RESNEXT101.name] = ResNeXt101Features(weights=weights_3d, device=device)
 
+    def node(self) -> str:
+        """The Ray node this actor runs on (its agent is placed there)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def info(self) -> dict[str, dict]:
         return {name: dict(model.info) for name, model in self.models.items()}
 
@@ -121,9 +127,10 @@ def remote_decode(max_calls: int, backpressure: int):
 
 
 def start_actors(names: list[str], weights_2d: str, weights_3d: str, gpus: int, cpu_threads: int,
-                 gpu_share: float = 1.0) -> list:
+                 gpu_share: float = 1.0, nodes: list[str] | None = None) -> list:
     """`gpus` GPU actors (each reserving `gpu_share` of a GPU: Ray places several on one device when it
-    is below 1), or one CPU actor using `cpu_threads` torch threads."""
+    is below 1, and spreads them over the cluster's GPU nodes), or one CPU actor using `cpu_threads`
+    torch threads on each of `nodes` (default: one, wherever Ray puts it)."""
     import ray
 
     # A crashed (or killed, because hung) actor is restarted and its pending chunks are sent again.
@@ -133,7 +140,12 @@ def start_actors(names: list[str], weights_2d: str, weights_3d: str, gpus: int, 
         on_gpu = actor_class.options(num_cpus=1, num_gpus=gpu_share, **recover)
         return [on_gpu.remote(names, weights_2d, weights_3d, "cuda") for _ in range(gpus)]
     # num_cpus=0: torch's own threads use the cores; Ray's CPU slots are left to the decode tasks.
-    return [actor_class.options(num_cpus=0, **recover).remote(names, weights_2d, weights_3d, "cpu", cpu_threads)]
+    if not nodes:
+        return [actor_class.options(num_cpus=0, **recover).remote(names, weights_2d, weights_3d, "cpu", cpu_threads)]
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return [actor_class.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+                                **recover).remote(names, weights_2d, weights_3d, "cpu", cpu_threads) for node in nodes]
 
 
 def default_cpu_threads() -> int:

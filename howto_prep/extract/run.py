@@ -1,25 +1,25 @@
-"""Running an extraction: start Ray and the model actors, stream the videos through the pipeline, and
-write each finished video's sample as it arrives (the driver is the shard set's only writer)."""
+"""Running an extraction: start Ray, the model actors and one agent beside each (extract.agent: the data
+path, writing its own shards), then hand them the videos (extract.dispatch: the driver's loop)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Union
 
-from howto_prep import schema
-from howto_prep.errors import SystemFault, UserError
+from howto_prep import schema, shards
+from howto_prep.errors import UserError
 from howto_prep.extract.failure_storm import FailureStorm
-from howto_prep.extract.ray_tasks import ACTOR_RESTARTS
 from howto_prep.extract.plan import ExtractPlan
-from howto_prep.shards import ShardWriter
 
 if TYPE_CHECKING:
-    from howto_prep.features.tokens import Word2VecVocabulary
+    from howto_prep.extract.caption_index import CaptionIndex
+    from howto_prep.features.word2vec_table import Word2VecTable
+
+CaptionSource = Union["CaptionIndex", dict[str, dict], None]  # see run_work
 
 logger = logging.getLogger(__name__)
 
@@ -27,58 +27,37 @@ MAX_CALLS = 50  # decode worker processes are recycled after this many videos
 STREAM_BACKPRESSURE = 2  # unconsumed chunks a decode stream may hold
 
 
-def run_work(plan: ExtractPlan, todo: list[tuple[str, Path]], writer: ShardWriter, captions: dict[str, dict],
-             csv_rows: dict[str, dict], vocab: Word2VecVocabulary | None) -> int:
-    """Extract `todo` into `writer`; failures go to failures.jsonl. Returns how many videos had no captions."""
-    from tqdm import tqdm
+def run_work(plan: ExtractPlan, todo: list[tuple[str, Path]], captions: CaptionSource,
+             csv_rows: dict[str, dict], word2vec: Word2VecTable | None) -> int:
+    """Extract `todo` through one agent per model actor (extract.agent); failures go to failures.jsonl.
 
-    from howto_prep import shards
-    from howto_prep.extract.pipeline import run_pipeline
-    from howto_prep.extract.sample import build_sample
+    `captions`: the checked caption index, or a small dict (a clip set's videos); `word2vec`: the checked
+    word2vec table. Both travel to the agents as their location and are memory-mapped there (their
+    __reduce__). Returns how many videos had no captions."""
+    from howto_prep.extract.dispatch import Dispatcher, per_node_lines, progress_bar
 
-    names = list(plan.features)
     started = time.perf_counter()
-    actors, feature_info, decode = start_ray(plan)
+    actors, feature_info = start_ray(plan)
+    agents = start_agents(plan, actors, feature_info, len(todo), captions, word2vec)
     ready = time.perf_counter()
-    written, video_seconds, notes = 0, 0.0, 0
-    cpus = _ray_cpus()
-    max_videos = plan.workers or max(1, int(cpus) - plan.gpus)
-    threads = decoder_threads(cpus, max_videos, len(todo))
-    outcomes = run_pipeline(todo, lambda path: decode(path, threads), actors, max_videos=max_videos,
-                            max_chunks=2 * len(actors) + 1, timeout_s=plan.decode_timeout_s,
-                            actor_timeout_s=plan.actor_timeout_s, actor_restarts=ACTOR_RESTARTS)
     storm = FailureStorm(plan.failure_storm)
-    with tqdm(total=len(todo), unit="video", desc="extract", file=sys.stderr) as bar, writer:
+    items = [(video_id, str(path), csv_rows.get(video_id)) for video_id, path in todo]
+    with progress_bar(len(items)) as bar:
+        dispatcher = Dispatcher(plan.out, agents, storm, bar)
         try:
-            for outcome in outcomes:
-                bar.update(1)
-                if outcome.kind is not None:
-                    for video_id, kind, error in storm.failed(outcome.video_id, outcome.kind, outcome.error or ""):
-                        shards.record_failure(plan.out, video_id, kind, error)
-                    bar.set_postfix_str(f"last failure: {outcome.video_id} ({outcome.kind})")
-                    continue
-                try:
-                    sample = build_sample(outcome.video_id, outcome.path, outcome.header, outcome.chunks, names,
-                                          feature_info, captions.get(outcome.video_id),
-                                          csv_rows.get(outcome.video_id), vocab)
-                except Exception as err:  # our code failed on a decoded video: a bug, not the video's fault
-                    raise SystemFault(f"assembling {outcome.video_id}'s sample failed: "
-                                      f"{' '.join(str(err).split())[:300]}") from None
-                for video_id, kind, error in storm.succeeded():
-                    shards.record_failure(plan.out, video_id, kind, error)
-                notes += bool(sample.notes)
-                writer.write(sample.key, sample.fields, sample.token_ids, sample.duration)
-                written, video_seconds = written + 1, video_seconds + sample.duration
-            for video_id, kind, error in storm.succeeded():  # the run ended: what is held back was real
-                shards.record_failure(plan.out, video_id, kind, error)
-        except SystemFault:  # storage faults included: the shard writer and failures.jsonl raise them
-            writer.keep_after_fault()  # every whole sample written so far, if the disk lets us; rerun redoes the rest
+            totals = dispatcher.run(items)
+        except BaseException:  # a fault, an interrupt: the agents keep their whole samples, start nothing new
+            dispatcher.stop()
             raise
     elapsed = time.perf_counter() - ready
     logger.info("extract: %d videos, %.0f video-s in %.1f s (%.2f video-s/s) after %.1f s of start-up (Ray and %s)",
-                written, video_seconds, elapsed, video_seconds / max(elapsed, 1e-9), ready - started,
-                actor_layout(plan, len(actors)))
-    return notes
+                totals.written, totals.video_seconds, elapsed, totals.video_seconds / max(elapsed, 1e-9),
+                ready - started, actor_layout(plan, len(actors)))
+    for line in per_node_lines(agents):
+        logger.info("%s", line)
+    if totals.redone:
+        logger.info("extract: %d video(s) of lost agents were redone by the others", totals.redone)
+    return totals.notes
 
 
 def actor_layout(plan: ExtractPlan, actors: int) -> str:
@@ -101,13 +80,12 @@ def decoder_threads(cpus: float, max_videos: int, videos: int) -> int:
     return max(1, min(MAX_DECODER_THREADS, int(cpus) // running))
 
 
-def start_ray(plan: ExtractPlan) -> tuple[list, dict[str, dict], Callable[..., Any]]:
-    """Start (or join) Ray, the model actors and the decode task; return (actors, feature info, decode),
-    where decode(path, decoder_threads=0) starts a video's decode stream."""
+def start_ray(plan: ExtractPlan) -> tuple[list, dict[str, dict]]:
+    """Start (or join) Ray and the model actors; return (actors, feature info)."""
     import ray
 
     from howto_prep.cluster import init_ray, task_failure
-    from howto_prep.extract.ray_tasks import LOGMEL_INFO, default_cpu_threads, remote_decode, start_actors
+    from howto_prep.extract.ray_tasks import LOGMEL_INFO, default_cpu_threads, start_actors
 
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     init_ray(plan.address, num_cpus=None if plan.address else max(2, os.cpu_count() or 1))
@@ -117,11 +95,11 @@ def start_ray(plan: ExtractPlan) -> tuple[list, dict[str, dict], Callable[..., A
         hint = f"; --gpu-share {share:g} puts {plan.gpus} actors on one device" if available >= 1 and share else ""
         raise UserError(f"--gpus {plan.gpus} --gpu-share {plan.gpu_share:g} needs {plan.gpus * plan.gpu_share:g} "
                         f"GPU(s); the Ray cluster has {available:g}{hint}")
-    visual = plan.visual_features
-    actors = start_actors(visual, plan.weights_2d, plan.weights_3d, plan.gpus, default_cpu_threads(),
-                          plan.gpu_share) if visual else []
+    check_nodes(plan)
+    actors = start_actors(plan.visual_features, plan.weights_2d, plan.weights_3d, plan.gpus, default_cpu_threads(),
+                          plan.gpu_share, nodes=[node["NodeID"] for node in cpu_nodes()]) if plan.visual_features else []
     try:
-        feature_info = ray.get(actors[0].info.remote()) if actors else {}
+        feature_info = ray.get(actors[0].info.remote()) if plan.visual_features else {}
     except Exception as err:
         _, text = task_failure(err)
         raise UserError(f"the feature models could not be loaded: {text}") from None
@@ -129,14 +107,62 @@ def start_ray(plan: ExtractPlan) -> tuple[list, dict[str, dict], Callable[..., A
     feature_info[schema.TOKENS_FEATURE] = {"model": "word2vec ids, regex [\\w']+",
                                            "weights": Path(plan.word2vec).name if plan.word2vec else None,
                                            "rate": None, "dim": schema.WORD_DIM}
-    task = remote_decode(MAX_CALLS, STREAM_BACKPRESSURE)
-    want_1, want_24 = plan.wants(schema.RESNET152.name), plan.wants(schema.RESNEXT101.name)
-    want_audio = plan.wants(schema.LOGMEL.name)
-    return actors, feature_info, lambda path, threads=0: task.remote(path, want_1, want_24, want_audio,
-                                                                     decoder_threads=threads)
+    return actors, feature_info
 
 
-def _ray_cpus() -> float:
+def check_nodes(plan: ExtractPlan) -> None:
+    """Every node must see the output and the inputs (a shared filesystem): checked before any work."""
+    from howto_prep.node_check import check_nodes_see
+
+    paths = {"--out": plan.out, "--videos": plan.videos_dir}
+    paths.update({option: path for option, path in (("--captions", plan.captions), ("--word2vec", plan.word2vec),
+                                                    ("--csv", plan.csv)) if path is not None})
+    check_nodes_see(paths)
+
+
+def cpu_nodes() -> list[dict]:
+    """The alive Ray nodes with CPUs, in a stable order (a CPU-only run puts one model actor on each)."""
     import ray
 
-    return ray.cluster_resources().get("CPU", 1)
+    nodes = [node for node in ray.nodes() if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0]
+    return sorted(nodes, key=lambda node: (node.get("NodeManagerAddress", ""), node["NodeID"]))
+
+
+def start_agents(plan: ExtractPlan, actors: list, feature_info: dict, videos: int, captions: CaptionSource,
+                 word2vec: Word2VecTable | None) -> list:
+    """One agent per model actor, on its node (no visual feature: one per node), each with its decode
+    slots (its node's CPUs less the GPU actors there, shared by the node's agents), its writer slot."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from howto_prep.extract.agent import AgentSpec, ExtractAgent, with_node
+    from howto_prep.extract.dispatch import AgentState
+    from howto_prep.extract.ray_tasks import ACTOR_RESTARTS
+
+    nodes = {node["NodeID"]: node for node in cpu_nodes()}
+    if actors:
+        homes = ray.get([actor.node.remote() for actor in actors])
+    else:
+        homes, actors = list(nodes), [None] * len(nodes)
+    per_node = {node: homes.count(node) for node in set(homes)}
+    slots = shards.writer_slots(plan.out, plan.prefix, len(actors))
+    remote_agent = ray.remote(ExtractAgent)
+    states = []
+    for actor, home, slot in zip(actors, homes, slots):
+        cpus = int(nodes.get(home, {}).get("Resources", {}).get("CPU", 1))
+        decode_slots = (math.ceil(plan.workers / len(actors)) if plan.workers
+                        else max(1, (cpus - (per_node[home] if plan.gpus else 0)) // per_node[home]))
+        node = {"node": home, "host": nodes.get(home, {}).get("NodeManagerAddress", "?")}
+        spec = AgentSpec(out=str(plan.out), shard_size=plan.shard_size, prefix=plan.prefix, slot=with_node(slot, node),
+                         names=tuple(plan.features), feature_info=feature_info, max_videos=decode_slots,
+                         max_chunks=3, decoder_threads=decoder_threads(cpus // per_node[home], decode_slots,
+                                                                       math.ceil(videos / len(actors))),
+                         decode_timeout_s=plan.decode_timeout_s, actor_timeout_s=plan.actor_timeout_s,
+                         actor_restarts=ACTOR_RESTARTS, want_1fps=plan.wants(schema.RESNET152.name),
+                         want_24fps=plan.wants(schema.RESNEXT101.name), want_audio=plan.wants(schema.LOGMEL.name),
+                         captions=captions, word2vec=word2vec, node_id=home)
+        placed = remote_agent.options(num_cpus=0, max_restarts=0,
+                                      scheduling_strategy=NodeAffinitySchedulingStrategy(home, soft=False))
+        states.append(AgentState(handle=placed.remote(spec, actor), node=node, slots=decode_slots))
+    ray.get([state.handle.poll.remote() for state in states])  # started (the indexes opened) before the clock runs
+    return states

@@ -16,30 +16,26 @@ from howto_prep.extract.inputs import load_csv_columns
 from howto_prep.extract.plan import ExtractPlan
 
 if TYPE_CHECKING:
-    from howto_prep.features.tokens import Word2VecVocabulary
+    from howto_prep.extract.run import CaptionSource
+    from howto_prep.features.word2vec_table import Word2VecTable
 
 logger = logging.getLogger(__name__)
 
 
-def extract_video_set(plan: ExtractPlan, videos: dict[str, Path], captions: dict[str, dict],
-                      vocab: Word2VecVocabulary | None) -> None:
-    """Decode and embed `videos` into the video-level shard set `plan.out`."""
-    csv_rows = load_csv_columns(plan.csv)
-    parts = None
-    if vocab is not None:
-        from howto_prep.features.tokens import VocabularyParts
+def extract_video_set(plan: ExtractPlan, videos: dict[str, Path], captions: CaptionSource,
+                      vocab: Word2VecTable | None) -> None:
+    """Decode and embed `videos` into the video-level shard set `plan.out`.
 
-        parts = VocabularyParts(vocab, plan.out)
-    writer = shards.ShardWriter(plan.out, plan.shard_size, plan.prefix,  # also clears a killed run's residue
-                                before_json=parts.add if parts else None)
+    `captions`: the caption index, or a small dict of captions (a clip set's videos)."""
+    shards.prepare_output(plan.out)  # also clears a killed run's residue
     todo = choose_work(plan, videos)
     warn_random_weights(plan)
     notes = 0
     if todo:
         from howto_prep.extract.run import run_work
 
-        notes = run_work(plan, todo, writer, captions, csv_rows, vocab)
-    writer.close()
+        csv_rows = load_csv_columns(plan.csv, {video_id for video_id, _ in todo})
+        notes = run_work(plan, todo, captions, csv_rows, vocab)
     finish_set(plan.out, vocab)
     if notes:
         logger.warning("extract: %d video(s) not in caption.json were written with empty captions", notes)
@@ -73,10 +69,10 @@ def warn_random_weights(plan: ExtractPlan) -> None:
                            option)
 
 
-def finish_set(out_dir: Path, vocab: Word2VecVocabulary | None) -> None:
+def finish_set(out_dir: Path, vocab: Word2VecTable | None) -> None:
     """Write what describes the whole set: vocab/ (the words its shards use) and index.json."""
     if vocab is not None:
         from howto_prep.features.tokens import write_vocab
 
         write_vocab(vocab, shards.used_token_ids(out_dir), out_dir)
-    shards.write_index(out_dir)
+    shards.write_index(out_dir)  # the agents' writers leave it to the end
