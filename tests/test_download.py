@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +17,14 @@ import pytest
 
 from howto_prep import schema
 from howto_prep.cli import main as cli_main
-from howto_prep.download.catalog import CatalogEntry
-from howto_prep.download.command import AUTH_STOP_AFTER, download_all
+from howto_prep.download.catalog import Catalog, CatalogEntry
+from howto_prep.download.command import AUTH_STOP_AFTER, NodeTally, download_all, select_work
 from howto_prep.download.credentials import CredentialSource, Credentials, load_credentials, redact
 from howto_prep.download.manifest import Manifest, manifest_summary
 from howto_prep.download.plan import DownloadPlan, sources_for
-from howto_prep.download.task import FetchSettings
+from howto_prep.download.task import FetchJob, FetchResult, FetchSettings
 from howto_prep.download.youtube import classify_ytdlp_error
-from howto_prep.errors import UserError
+from howto_prep.errors import FailureKind, UserError
 from howto_prep.synthetic.mirror_server import LoopbackMirror
 from howto_prep.synthetic.mp4 import write_mp4
 
@@ -379,3 +380,115 @@ def test_no_task_argument_or_ray_log_carries_the_password(library: Path, tmp_pat
     logs = [path for path in session.rglob("*") if path.is_file() and path.stat().st_size < 50_000_000]
     assert logs
     assert_no_secret(logs)
+
+
+# ------------------------------------------------------------------ the driver at HowTo100M's size
+def seed_manifest(out: Path) -> None:
+    """done1 (file present), gone1 (done, file deleted), fail1, pend1, and other (not in the catalog)."""
+    (out / "do").mkdir(parents=True)
+    (out / "do" / "done1.mp4").write_bytes(b"x")
+    with Manifest(out) as manifest:
+        manifest.add_pending(["done1", "gone1", "fail1", "pend1", "other"], "mirror")
+        manifest.mark_done("done1", "mirror", "do/done1.mp4", 1, 1.0, 1)
+        manifest.mark_done("gone1", "mirror", "go/gone1.mp4", 1, 1.0, 1)
+        manifest.mark_failed("fail1", "mirror", FailureKind.NOT_FOUND, "404", 1)
+
+
+@pytest.mark.parametrize("retry_failed", [False, True])
+def test_select_work_keeps_the_rules_of_a_rerun(tmp_path: Path, retry_failed: bool) -> None:
+    """New and pending ids are fetched (new ones registered as pending), done ones skipped unless their file
+    vanished (then pending again); --retry-failed takes only the failed ones and registers nothing new."""
+    out = tmp_path / "videos"
+    seed_manifest(out)
+    catalog = Catalog.from_ids(["new1", "done1", "gone1", "fail1", "pend1", "new1", "new2"])
+    with Manifest(out) as manifest:
+        work = select_work(catalog, manifest, plan(out, "http://127.0.0.1:9", retry_failed=retry_failed))
+        picked = [entry.video_id for entry in catalog.entries(work)]
+        rows = {row.video_id: row for row in manifest.rows()}
+    if retry_failed:
+        assert picked == ["fail1"] and set(rows) == {"done1", "gone1", "fail1", "pend1", "other"}
+    else:
+        assert picked == ["new1", "gone1", "pend1", "new2"]
+        assert (rows["new1"].status, rows["new1"].source, rows["new2"].status) == ("pending", "mirror", "pending")
+    assert (rows["gone1"].status, rows["gone1"].path) == ("pending", None)
+    assert (rows["done1"].status, rows["fail1"].status, rows["other"].status) == ("done", "failed", "pending")
+
+
+def test_the_driver_holds_no_object_per_video_before_the_first_task(tmp_path: Path, monkeypatch) -> None:
+    """200k ids (a sixth of HowTo100M): what the driver allocates up to its first fetch (selecting the work,
+    registering 200k pending rows, starting the job stream) stays ~4 MB on a first run and ~10 MB on a
+    rerun that scans a full manifest (a batch of rows, the catalog's sorted index); the old lists of
+    rows, tuples and jobs took 42 and 93 MB here."""
+    from howto_prep.download import command
+
+    class FirstFetch(BaseException):
+        pass
+
+    peaks = []
+
+    def first_fetch(job):  # type: ignore[no-untyped-def]
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        raise FirstFetch
+
+    monkeypatch.setattr(command, "fetch_video", first_fetch)
+    catalog = Catalog.from_ids(f"v{index:010d}" for index in range(200_000))
+    out = tmp_path / "videos"
+    for _ in range(2):  # a first run, then a rerun over 200k pending rows
+        tracemalloc.start()
+        try:
+            with pytest.raises(FirstFetch):
+                download_all(catalog, plan(out, "http://127.0.0.1:9", workers=0))
+        finally:
+            tracemalloc.stop()
+    assert len(peaks) == 2 and max(peaks) < 20_000_000, peaks
+    with Manifest(out) as manifest:
+        assert manifest.counts() == [("pending", "", 200_000, 0)]
+
+
+def fake_fetch(nodes: list[tuple[str, str]]):  # type: ignore[no-untyped-def]
+    """A fetch that answers at once, from the given (ip, node id)s in turn: even ids done, odd ones failed."""
+    calls = []
+
+    def fetch(job: FetchJob) -> FetchResult:
+        ip, node = nodes[len(calls) % len(nodes)]
+        calls.append(job.record.video_id)
+        if len(calls) % 2:
+            return FetchResult(job.record.video_id, True, "mirror", f"{job.record.video_id[:2]}/x.mp4", 1_000_000,
+                               2.0, attempts=1, node_ip=ip, node_id=node)
+        return FetchResult(job.record.video_id, False, "mirror", failure_kind=FailureKind.NOT_FOUND, error="404",
+                           attempts=1, node_ip=ip, node_id=node)
+
+    return fetch
+
+
+def test_the_summary_reports_each_node_when_several_took_part(tmp_path: Path, monkeypatch, capsys) -> None:
+    from howto_prep.download import command
+
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"vid{index}\n" for index in range(5)))
+    args = ["download", "--ids", str(ids), "--source", "youtube", "--workers", "0"]
+    monkeypatch.setattr(command, "fetch_video", fake_fetch([("10.0.0.2", "b" * 56), ("10.0.0.1", "a" * 56)]))
+    assert cli_main(args + ["--out", str(tmp_path / "two")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("this run: 3 done, 2 failed, 0 already recorded, 3.0 MB in ")
+    assert lines[1:3] == ["  node 10.0.0.1 (aaaaaaaa): 0 done, 2 failed, 0.0 MB",  # sorted by IP
+                          "  node 10.0.0.2 (bbbbbbbb): 3 done, 0 failed, 3.0 MB"]
+    assert lines[3].startswith("status ")  # then the manifest summary, as before
+    monkeypatch.setattr(command, "fetch_video", fake_fetch([("10.0.0.1", "a" * 56)]))
+    assert cli_main(args + ["--out", str(tmp_path / "one")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("this run: 3 done, 2 failed") and lines[1].startswith("status ")  # one node: no lines
+
+
+def test_each_result_names_the_ray_node_it_ran_on(library: Path, tmp_path: Path) -> None:
+    import ray
+
+    from howto_prep.cluster import init_ray
+
+    init_ray(None)
+    with LoopbackMirror(library, (USER, PASSWORD)) as mirror:
+        summary = download_all([CatalogEntry("good01"), CatalogEntry("gone02")], plan(tmp_path / "videos", mirror.url))
+    node = ray.get_runtime_context().get_node_id()
+    assert summary.nodes == {node: NodeTally(ray.util.get_node_ip_address(), done=1, failed=1,
+                                             bytes=summary.bytes)}
+    assert summary.bytes > 0 and summary.node_lines() == []  # one node: the totals say it all

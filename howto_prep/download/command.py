@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
-from howto_prep.download.catalog import CatalogEntry, load_records
+import numpy as np
+
+from howto_prep.download.catalog import Catalog, CatalogEntry, load_catalog
 from howto_prep.download.credentials import redact
-from howto_prep.download.manifest import DONE, FAILED, Manifest, manifest_summary
+from howto_prep.download.manifest import DONE, FAILED, PENDING, Manifest, manifest_summary
 from howto_prep.download.plan import DownloadPlan, plan_from_args, sources_for
 from howto_prep.download.task import MIRROR, YOUTUBE, FetchJob, FetchResult, fetch_video, job_credentials
 from howto_prep.errors import FailureKind, SystemFault, UserError
@@ -24,6 +26,16 @@ from howto_prep.output_lock import output_lock
 STOPPING_KINDS = frozenset({FailureKind.DISK_FULL, FailureKind.OUT_OF_MEMORY})  # system faults that stop a run
 AUTH_STOP_AFTER = 3  # mirror auth rejections, before any mirror success, that stop the run
 TASK_CPUS = 0.05  # downloads wait on the network: many may share a core
+
+
+@dataclass
+class NodeTally:
+    """What one Ray node fetched in this run."""
+
+    ip: str
+    done: int = 0
+    failed: int = 0
+    bytes: int = 0
 
 
 @dataclass
@@ -36,6 +48,31 @@ class RunSummary:
     failed: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    nodes: dict[str, NodeTally] = field(default_factory=dict)  # node id (or IP) -> tally; results of known nodes
+
+    def count(self, result: FetchResult) -> None:
+        """Add one recorded outcome to the totals and to its node's tally."""
+        if result.ok:
+            self.done += 1
+            self.bytes += result.bytes or 0
+        else:
+            self.failed += 1
+        if result.node_id or result.node_ip:
+            tally = self.nodes.setdefault(result.node_id or result.node_ip or "",
+                                          NodeTally(result.node_ip or "?"))
+            if result.ok:
+                tally.done += 1
+                tally.bytes += result.bytes or 0
+            else:
+                tally.failed += 1
+
+    def node_lines(self) -> list[str]:
+        """One line per node, by IP, when more than one node took part (else none: the total says it all)."""
+        if len(self.nodes) < 2:
+            return []
+        return [f"  node {tally.ip} ({node[:8]}): {tally.done} done, {tally.failed} failed, "
+                f"{tally.bytes / 1e6:.1f} MB"
+                for node, tally in sorted(self.nodes.items(), key=lambda item: (item[1].ip, item[0]))]
 
 
 class CredentialsRejected(SystemFault):
@@ -43,62 +80,80 @@ class CredentialsRejected(SystemFault):
 
 
 def run_download(args: argparse.Namespace) -> int:
-    """CLI handler: catalog entries from --csv/--ids, then download_all, then the summary table."""
-    records = load_records(args.csv, args.ids)
+    """CLI handler: the catalog from --csv/--ids, then download_all, then the summary table."""
+    catalog = load_catalog(args.csv, args.ids)
     if args.limit:
-        records = records[: args.limit]
+        catalog = catalog.head(args.limit)
     plan = plan_from_args(args)
     with output_lock(plan.out, "howto-prep download"):
-        summary = download_all(records, plan)
+        summary = download_all(catalog, plan)
     print(f"this run: {summary.done} done, {summary.failed} failed, {summary.skipped} already recorded, "
           f"{summary.bytes / 1e6:.1f} MB in {summary.seconds:.1f} s")
+    for line in summary.node_lines():
+        print(line)
     print(manifest_summary(plan.out))
     return 0
 
 
-def select_work(records: list[CatalogEntry], manifest: Manifest, plan: DownloadPlan) -> list[CatalogEntry]:
-    """New and pending videos (or, with --retry-failed, only failed ones); a done row whose file vanished is redone."""
-    rows = {row.video_id: row for row in manifest.rows()}
-    todo = []
-    for record in records:
-        row = rows.get(record.video_id)
-        if row is None:
-            wanted = not plan.retry_failed
-        elif row.status == DONE:
-            if row.path and (plan.out / row.path).is_file():
+# What select_work learns of each catalog entry from the manifest.
+_NEW, _PENDING, _DONE, _FAILED, _VANISHED = range(5)
+_STATE = {PENDING: _PENDING, DONE: _DONE, FAILED: _FAILED}
+
+
+def select_work(catalog: Catalog, manifest: Manifest, plan: DownloadPlan) -> np.ndarray:
+    """Positions in `catalog` (in its order) of the new and pending videos (or, with --retry-failed,
+    only the failed ones); a done row whose file vanished is redone.
+
+    One streaming pass over the manifest (a batch of rows at a time) gives each catalog entry its state
+    in an int8 array; then the vanished rows go back to pending and the new ids are registered as
+    pending, each in one commit. Memory: a byte per entry plus one batch, not an object per row.
+    """
+    state = np.full(len(catalog), _NEW, np.int8)
+    for rows in manifest.states():
+        found = catalog.positions(np.array([row[0].encode("utf-8") for row in rows], dtype="S"))
+        for (video_id, status, path), position in zip(rows, found.tolist()):
+            if position < 0:
                 continue
-            manifest.mark_pending(record.video_id)
-            wanted = not plan.retry_failed
-        elif row.status == FAILED:
-            wanted = plan.retry_failed
-        else:
-            wanted = not plan.retry_failed
-        if wanted:
-            todo.append(record)
-    manifest.add_pending([record.video_id for record in todo if record.video_id not in rows],
-                         MIRROR if plan.source != "youtube" and plan.mirror_url else YOUTUBE)
-    return todo
+            if status == DONE and not (path and (plan.out / path).is_file()):
+                state[position] = _VANISHED
+            else:
+                state[position] = _STATE.get(status, _PENDING)
+    vanished = np.flatnonzero(state == _VANISHED)
+    if len(vanished):
+        manifest.mark_pending_many(catalog.video_id(position) for position in vanished)
+    if plan.retry_failed:
+        return np.flatnonzero(state == _FAILED)
+    new = np.flatnonzero(state == _NEW)
+    if len(new):
+        manifest.add_pending((catalog.video_id(position) for position in new),
+                             MIRROR if plan.source != "youtube" and plan.mirror_url else YOUTUBE)
+    return np.flatnonzero(np.isin(state, (_NEW, _PENDING, _VANISHED)))
 
 
-def download_all(records: list[CatalogEntry], plan: DownloadPlan) -> RunSummary:
-    """Fetch every selected record; each outcome is committed to the manifest as it arrives."""
+def download_all(records: Iterable[CatalogEntry] | Catalog, plan: DownloadPlan) -> RunSummary:
+    """Fetch every selected record; each outcome is committed to the manifest as it arrives.
+
+    `records` is a Catalog or any iterable of entries (duplicates are fetched once). Jobs are made as
+    Ray takes them, so the driver never holds one per video."""
+    catalog = records if isinstance(records, Catalog) else Catalog.from_entries(records)
     plan.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with Manifest(plan.out) as manifest:
-        todo = select_work(records, manifest, plan)
-        summary = RunSummary(selected=len(todo), skipped=len(records) - len(todo))
+        work = select_work(catalog, manifest, plan)
+        summary = RunSummary(selected=len(work), skipped=len(catalog) - len(work))
         if plan.credentials is not None and plan.credential_source is None:
             raise UserError("credentials must come from a file or HOWTO100M_USER/PASSWORD (plan.credential_source), "
                             "so that workers read them and no task argument carries the password")
-        jobs = [FetchJob(record, str(plan.out), sources_for(record, plan), plan.mirror_url, plan.credential_source,
-                         str(plan.cookies) if plan.cookies else None, plan.settings) for record in todo]
+        jobs = (FetchJob(record, str(plan.out), sources_for(record, plan), plan.mirror_url, plan.credential_source,
+                         str(plan.cookies) if plan.cookies else None, plan.settings)
+                for record in catalog.entries(work))
         recorder = _Recorder(manifest, plan, summary)
-        if jobs and plan.workers:
+        if len(work) and plan.workers:
             from howto_prep.cluster import init_ray
 
             init_ray(plan.address)  # before the MB/s clock starts: Ray's start-up is not download time
         fetching_since = time.monotonic()
-        progress = _progress_bar(len(jobs), plan.show_progress)
+        progress = _progress_bar(len(work), plan.show_progress)
         results = _run_jobs(jobs, plan)
         try:
             for job, result in results:
@@ -154,16 +209,15 @@ class _Recorder:
         if result.ok:
             self.manifest.mark_done(result.video_id, source or "", result.path or "", result.bytes or 0,
                                     result.duration or 0.0, result.attempts)
-            self.summary.done += 1
-            self.summary.bytes += result.bytes or 0
         else:
             self.manifest.mark_failed(result.video_id, source, result.failure_kind or FailureKind.ERROR, text,
                                       result.attempts)
-            self.summary.failed += 1
+        self.summary.count(result)
 
 
-def _run_jobs(jobs: list[FetchJob], plan: DownloadPlan) -> Iterator[tuple[FetchJob, FetchResult]]:
-    """(job, result) in completion order: Ray tasks with at most `workers` in flight, or in-process when 0."""
+def _run_jobs(jobs: Iterable[FetchJob], plan: DownloadPlan) -> Iterator[tuple[FetchJob, FetchResult]]:
+    """(job, result) in completion order: Ray tasks with at most `workers` in flight, or in-process when 0.
+    `jobs` is pulled only as slots free up (bounded_map), so it may be a generator over the work."""
     if plan.workers == 0:
         for job in jobs:
             yield job, _safe_fetch(job)

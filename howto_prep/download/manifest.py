@@ -108,6 +108,16 @@ class Manifest:
         cursor = self._db.execute(f"SELECT {','.join(COLUMNS)} FROM videos ORDER BY video_id")
         return [_row(row) for row in cursor]
 
+    def states(self, batch: int = 1 << 14) -> Iterator[list[tuple[str, str, str | None]]]:
+        """Every row's (video_id, status, path), `batch` rows at a time: the memory of a scan stays that
+        of one batch, whatever the size of the manifest. Write nothing until the scan is finished."""
+        cursor = self._db.execute("SELECT video_id, status, path FROM videos")
+        try:
+            while rows := cursor.fetchmany(batch):
+                yield rows
+        finally:
+            cursor.close()
+
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         """One transaction; a full or read-only disk is the system's fault: stop with one line, the
@@ -121,12 +131,14 @@ class Manifest:
             raise
 
     def add_pending(self, video_ids: Iterable[str], source: str) -> None:
-        """Register videos not seen before as pending (existing rows are left alone), in one commit."""
+        """Register videos not seen before as pending (existing rows are left alone), in one commit.
+        `video_ids` is consumed as it is inserted (SQLite spills what it cannot cache to the WAL), so a
+        generator of a million ids costs no more memory than ten."""
         now = _now()
         with self._writing():
             self._db.executemany(
                 "INSERT OR IGNORE INTO videos (video_id, status, source, attempts, updated_at) VALUES (?, ?, ?, 0, ?)",
-                [(video_id, PENDING, source, now) for video_id in video_ids],
+                ((video_id, PENDING, source, now) for video_id in video_ids),
             )
 
     def mark_done(self, video_id: str, source: str, path: str, size: int, duration: float, attempts: int) -> None:
@@ -147,9 +159,14 @@ class Manifest:
 
     def mark_pending(self, video_id: str) -> None:
         """A 'done' row whose file vanished goes back to pending."""
+        self.mark_pending_many([video_id])
+
+    def mark_pending_many(self, video_ids: Iterable[str]) -> None:
+        """`mark_pending` for many rows, in one commit."""
+        now = _now()
         with self._writing():
-            self._db.execute("UPDATE videos SET status=?, path=NULL, updated_at=? WHERE video_id=?",
-                             (PENDING, _now(), video_id))
+            self._db.executemany("UPDATE videos SET status=?, path=NULL, updated_at=? WHERE video_id=?",
+                                 ((PENDING, now, video_id) for video_id in video_ids))
 
     def counts(self) -> list[tuple[str, str, int, int]]:
         """(status, failure kind or '', videos, bytes) sorted by status then kind; older spellings of a

@@ -10,10 +10,11 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import sys
 import time
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -65,6 +66,8 @@ class FetchResult:
     error: str | None = None
     attempts: int = 0
     mirror_auth_rejected: bool = False  # the driver stops the run when the mirror rejects everyone
+    node_ip: str | None = None  # the Ray node the task ran on (None: not in a Ray process)
+    node_id: str | None = None
 
 
 def final_path(out: Path, video_id: str, ext: str) -> Path:
@@ -129,12 +132,29 @@ def job_credentials(job: FetchJob) -> Credentials | None:
 
 
 def fetch_video(job: FetchJob) -> FetchResult:
-    """Fetch, validate and place one video; never raises for a video-level problem."""
+    """Fetch, validate and place one video; never raises for a video-level problem. The result names
+    the Ray node it ran on (for the run's per-node summary)."""
     try:
         with video_lock(Path(job.out), job.record.video_id, job.settings.lock_wait_s):
-            return _fetch_video_locked(job)
+            result = _fetch_video_locked(job)
     except FetchError as err:
-        return FetchResult(job.record.video_id, False, None, failure_kind=err.kind, error=str(err), attempts=0)
+        result = FetchResult(job.record.video_id, False, None, failure_kind=err.kind, error=str(err), attempts=0)
+    node_ip, node_id = current_node()
+    return replace(result, node_ip=node_ip, node_id=node_id) if node_ip or node_id else result
+
+
+def current_node() -> tuple[str | None, str | None]:
+    """(IP address, node id) of the Ray node this process belongs to; (None, None) outside Ray (Ray is
+    not imported for the asking: a download with --workers 0 never loads it)."""
+    ray = sys.modules.get("ray")
+    if ray is None:
+        return None, None
+    try:
+        if not ray.is_initialized():
+            return None, None
+        return ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id()
+    except Exception:  # a half-shut-down worker: the node is unknown, the result still counts
+        return None, None
 
 
 def _fetch_video_locked(job: FetchJob) -> FetchResult:
