@@ -43,7 +43,7 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
@@ -75,25 +75,36 @@ COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz"}
 
 @dataclass
 class Scan:
-    """What one pass over the .bin found: per row, where its word and vector lie; the words' bytes."""
+    """What one pass over the .bin found: per row, where its word and vector lie; the words' bytes.
+    The build saves the offsets as soon as the words are checked and drops them (`release_offsets`):
+    the sort by word needs only the words, their lengths and starts (a third of the memory)."""
 
     count: int
     dim: int
-    word_offsets: np.ndarray  # int64 (count,)
-    vector_offsets: np.ndarray  # int64 (count,)
+    word_offsets: np.ndarray | None  # int64 (count,)
+    vector_offsets: np.ndarray | None  # int64 (count,)
     words: np.ndarray  # uint8: every row's word followed by b' ' (the separator no word contains)
     source: SourceFingerprint
 
-    @property
+    @cached_property
     def word_lengths(self) -> np.ndarray:
-        return self.vector_offsets - 1 - self.word_offsets
+        """int32 (count,): a word is at most MAX_WORD_BYTES."""
+        assert self.vector_offsets is not None and self.word_offsets is not None
+        lengths = self.vector_offsets - 1 - self.word_offsets
+        return lengths.astype(np.int32)
 
     @cached_property
     def starts(self) -> np.ndarray:
-        """Where each row's word starts in `words`."""
-        starts = np.zeros(self.count, dtype=np.int64)
-        np.cumsum(self.word_lengths[:-1] + 1, out=starts[1:])
+        """Where each row's word starts in `words` (int32 while the words fit in 2 GiB)."""
+        kind = np.int32 if len(self.words) < np.iinfo(np.int32).max else np.int64
+        starts = np.zeros(self.count, dtype=kind)
+        np.cumsum(self.word_lengths[:-1] + 1, out=starts[1:], dtype=kind)
         return starts
+
+    def release_offsets(self) -> None:
+        """Drop the offsets (saved by then); lengths and starts are computed before."""
+        self.word_lengths, self.starts  # noqa: B018 (cached: computed from the offsets while they exist)
+        self.word_offsets = self.vector_offsets = None
 
 
 def bad_file(source: Path, reason: str) -> UserError:
@@ -156,23 +167,23 @@ def scan(source: Path, block_bytes: int = BLOCK_BYTES) -> Scan:
         if header_length + count * (dim * FLOAT.itemsize + 1) > size:
             raise bad_file(source, f"{size:,} bytes cannot hold the {count:,} vectors of {dim} floats its "
                                    "header announces: truncated?")
-        rows = Rows()
+        rows = Rows(count)
         scan_rows(source, buffer, header_length, count, dim * FLOAT.itemsize, reader.read, rows)
         while reader.read():  # the fingerprint is of the whole file, what follows the rows too
             pass
-    return Scan(count, dim, concatenate(rows.word_offsets), concatenate(rows.vector_offsets),
-                np.frombuffer(rows.words, dtype=np.uint8),
+    return Scan(count, dim, rows.word_offsets, rows.vector_offsets, np.frombuffer(rows.words, dtype=np.uint8),
                 SourceFingerprint(str(source.resolve()), reader.size, reader.digest.hexdigest()))
 
 
-@dataclass
 class Rows:
-    """What the scan collects: 8 + 8 bytes per row and the word's bytes, no Python object per row."""
+    """What the scan collects: 8 + 8 bytes per row, in arrays of the header's count filled in place
+    (no pieces to concatenate: that doubled the peak), and the words' bytes; no Python object per row."""
 
-    word_offsets: list[np.ndarray] = field(default_factory=list)  # int64, one array per block
-    vector_offsets: list[np.ndarray] = field(default_factory=list)
-    words: bytearray = field(default_factory=bytearray)  # each word followed by b' '
-    count: int = 0
+    def __init__(self, count: int) -> None:
+        self.word_offsets = np.empty(count, dtype=np.int64)
+        self.vector_offsets = np.empty(count, dtype=np.int64)
+        self.words = bytearray()  # each word followed by b' '
+        self.count = 0
 
 
 class RowPattern:
@@ -207,8 +218,9 @@ class RowPattern:
         row_starts = np.zeros_like(row_ends)
         row_starts[1:] = row_ends[:-1]
         row_starts += base + position
-        rows.word_offsets.append(row_starts + strip)
-        rows.vector_offsets.append(row_starts + raw_lengths + 1)
+        filled = slice(rows.count, rows.count + len(raw))
+        rows.word_offsets[filled] = row_starts + strip
+        rows.vector_offsets[filled] = row_starts + raw_lengths + 1
         rows.words += (drop_bytes(joined, starts, strip) if strip.any() else joined).data
         rows.count += len(raw)
         return position + int(row_ends[-1])
@@ -260,10 +272,6 @@ def scan_rows(source: Path, buffer: bytes, position: int, count: int, vector_byt
             buffer, position = leftover + block, 0
 
 
-def concatenate(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
 def check_utf8(source: Path, found: Scan) -> None:
     """Strict utf-8, as gensim decodes each word; checked in pieces that end at a word's end."""
     data = found.words
@@ -313,9 +321,11 @@ def nul_rows(found: Scan) -> np.ndarray:
     return np.unique(np.searchsorted(found.starts, nul_bytes, side="right") - 1)
 
 
-def mark_repeats(found: Scan, nul: np.ndarray) -> tuple[np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]]:
-    """Rows that repeat an earlier word (gensim ignores them), and the sorted words of each bucket
-    with their rows (repeats removed)."""
+def mark_repeats(found: Scan, nul: np.ndarray,
+                 save_words: Callable[[int, np.ndarray], None]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Rows that repeat an earlier word (gensim ignores them); each bucket's sorted words (repeats
+    removed) go to `save_words(width, words)` as soon as sorted, and only their rows (int32) stay.
+    One bucket's table is in memory at a time."""
     repeat = np.zeros(found.count, dtype=bool)
     lengths, starts = found.word_lengths, found.starts
     seen: set[bytes] = set()
@@ -325,17 +335,23 @@ def mark_repeats(found: Scan, nul: np.ndarray) -> tuple[np.ndarray, dict[int, tu
         seen.add(word)
     in_buckets = np.ones(found.count, dtype=bool)
     in_buckets[nul] = False
-    widths = bucket_width(lengths)
-    buckets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for width in np.unique(widths[in_buckets]).tolist():
-        rows = np.flatnonzero(in_buckets & (widths == width))
-        words = fixed_width(found.words, starts[rows], lengths[rows], width)
-        order = np.argsort(words, kind="stable")  # equal words: the first row first
-        words, rows = words[order], rows[order]
-        later = np.zeros(len(words), dtype=bool)
-        later[1:] = words[1:] == words[:-1]
-        repeat[rows[later]] = True
-        buckets[width] = (words[~later], rows[~later])
+    buckets: dict[int, np.ndarray] = {}
+    longest = int(lengths.max(initial=0))
+    narrower, width = 0, MIN_BUCKET_WIDTH  # bucket_width's buckets, one boolean mask at a time
+    while narrower < longest:
+        rows = np.flatnonzero(in_buckets & (lengths > narrower) & (lengths <= width)).astype(np.int32)
+        if rows.size:
+            words = fixed_width(found.words, starts[rows], lengths[rows], width)
+            order = np.argsort(words, kind="stable")  # equal words: the first row first
+            words, rows = words[order], rows[order]
+            del order
+            later = np.zeros(len(words), dtype=bool)
+            later[1:] = words[1:] == words[:-1]
+            repeat[rows[later]] = True
+            save_words(width, words[~later] if later.any() else words)
+            buckets[width] = rows[~later] if later.any() else rows
+            del words
+        narrower, width = width, width * 2
     return repeat, buckets
 
 
@@ -348,19 +364,28 @@ def save_array(path: Path, array_: np.ndarray) -> None:
 def build(source: Path, folder: Path, *, block_bytes: int = BLOCK_BYTES) -> SourceFingerprint:
     """Index `source` into `folder` (which holds no finished index). Every file is written whole,
     source.json last: a build killed at any moment leaves no finished index, and the next open
-    clears what it left and starts over. `block_bytes`: read at a time (tests cut rows with it)."""
+    clears what it left and starts over. `block_bytes`: read at a time (tests cut rows with it).
+
+    Memory (3 M GoogleNews-sized words): the offsets are saved before the sort and read back only
+    if a word repeats; words are sorted one length bucket at a time and saved at once."""
     found = scan(source, block_bytes)
     check_utf8(source, found)
-    repeat, buckets = mark_repeats(found, nul_rows(found))
+    assert found.vector_offsets is not None and found.word_offsets is not None
+    save_array(folder / "vector_offsets.npy", found.vector_offsets)
+    save_array(folder / "word_offsets.npy", found.word_offsets)
+    found.release_offsets()
+    repeat, buckets = mark_repeats(found, nul_rows(found),
+                                   lambda width, words: save_array(folder / f"words_{width}.npy", words))
     first = ~repeat
-    id_of_row = np.cumsum(first, dtype=np.int64) - 1  # gensim's key_to_index: first occurrences, in order
-    for width, (words, rows) in buckets.items():
-        save_array(folder / f"words_{width}.npy", words)
-        save_array(folder / f"ids_{width}.npy", id_of_row[rows].astype(np.int32))
-    save_array(folder / "vector_offsets.npy", found.vector_offsets[first])
-    save_array(folder / "word_offsets.npy", found.word_offsets[first])
+    id_of_row = np.cumsum(first, dtype=np.int32) - 1  # gensim's key_to_index: first occurrences, in order
+    for width, rows in buckets.items():
+        save_array(folder / f"ids_{width}.npy", id_of_row[rows])
+    repeated_rows = int(repeat.sum())
+    if repeated_rows:  # rare: keep the first occurrences' offsets only
+        for name in ("vector_offsets.npy", "word_offsets.npy"):
+            save_array(folder / name, np.load(folder / name, mmap_mode="r", allow_pickle=False)[first])
     atomic_write_json(folder / META_FILE, {"format": FORMAT, "count": found.count, "dim": found.dim,
-                                           "ids": int(first.sum()), "repeated_rows": int(repeat.sum()),
+                                           "ids": int(first.sum()), "repeated_rows": repeated_rows,
                                            "buckets": sorted(buckets)})
     record_source(folder, found.source)
     return found.source
