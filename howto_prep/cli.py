@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from howto_prep import schema
-from howto_prep.cli_support import local_path, main_for
+from howto_prep.cli_support import local_path, location, main_for
 from howto_prep.extract.failure_storm import DEFAULT_THRESHOLD as FAILURE_STORM
 from howto_prep.extract.plan import DEFAULT_ACTOR_TIMEOUT_S, DEFAULT_DECODE_TIMEOUT_S
 
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = download.add_mutually_exclusive_group(required=True)
     source.add_argument("--csv", type=local_path, help="HowTo100M_v1.csv")
     source.add_argument("--ids", type=local_path, help="file with one video id (or URL) per line")
-    download.add_argument("--out", type=local_path, required=True)
+    download.add_argument("--out", type=location, required=True, help="a folder, or s3://bucket/prefix (gs://)")
     download.add_argument("--source", choices=["mirror", "youtube", "auto"], default="auto")
     download.add_argument("--mirror-url", help="base URL of the authors' mirror")
     download.add_argument("--credentials", type=local_path, help="file with one line username:password")
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--captions", type=local_path, help="caption.json (video-level sets; optional with clip annotations)")
     extract.add_argument("--word2vec", type=local_path,
                          help="word2vec .bin (GoogleNews format); needed for the tokens feature and clip-level sets")
-    extract.add_argument("--out", type=local_path, required=True)
+    extract.add_argument("--out", type=location, required=True, help="a folder, or s3://bucket/prefix (gs://)")
     extract.add_argument("--csv", type=local_path, help="HowTo100M_v1.csv for the category columns in meta.json")
     extract.add_argument("--gpus", type=non_negative_int, default=0, help="model actors, each on a GPU (0: one CPU actor)")
     extract.add_argument("--gpu-share", type=gpu_share, default=1.0,
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.set_defaults(handler="howto_prep.extract.command:run_extract")
 
     verify = sub.add_parser("verify", help="check every shard's size, sha256 and members against its JSON")
-    verify.add_argument("shards", type=local_path, help="a shard set folder")
+    verify.add_argument("shards", type=location, help="a shard set folder or s3://bucket/prefix URL")
     verify.set_defaults(handler="howto_prep.verify:run_verify")
 
     doctor = sub.add_parser("doctor", help="check that every native library of the stack works (names the broken one)")
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(handler="howto_prep.doctor:run_doctor")
 
     status = sub.add_parser("status", help="counts by status and failure kind for videos/ or shards/")
-    status.add_argument("path", type=local_path)
+    status.add_argument("path", type=location)
     status.set_defaults(handler="howto_prep.status:run_status")
     return parser
 

@@ -8,7 +8,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 from howto_prep.errors import ExitCode, ToolError
 
@@ -22,6 +22,39 @@ def local_path(value: str) -> Path:
     if URL_SCHEME.match(value):
         raise argparse.ArgumentTypeError(f"{value}: URLs are not supported (yet); give a local or "
                                          "shared-filesystem path")
+    return Path(value)
+
+
+STORE_SCHEMES = ("s3", "s3a", "gs", "gcs")  # object stores this toolkit writes and reads (object_store.py)
+Location = Union[Path, str]  # a local/shared-filesystem folder (Path) or an object-store URL (str)
+
+
+def location(value: str) -> Location:
+    """A folder that may also be on object storage: `s3://bucket/prefix` or `gs://bucket/prefix` stays
+    a URL string (handled by howto_prep.object_store); any other URL is refused (taken as a path it
+    would become a local folder named "http:"), everything else is a Path."""
+    match = URL_SCHEME.match(value)
+    if not match:
+        return Path(value)
+    scheme = match.group(0)[:-3].lower()
+    if scheme not in STORE_SCHEMES:
+        raise argparse.ArgumentTypeError(f"{value}: {scheme}:// URLs are not supported; give a local or "
+                                         "shared-filesystem path, or an s3:// or gs:// URL")
+    return value
+
+
+def is_store_url(value: object) -> bool:
+    """True for what `location` returned for an object-store URL."""
+    return isinstance(value, str) and bool(URL_SCHEME.match(value))
+
+
+def require_local(value: Location, option: str) -> Path:
+    """`value` for a command (or option) that does not take object-store URLs (yet): one line, exit 2."""
+    from howto_prep.errors import UserError
+
+    if is_store_url(value):
+        raise UserError(f"{option} {value}: URLs are not supported here (yet); give a local or "
+                        "shared-filesystem path")
     return Path(value)
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from howto_prep.cli_support import require_local
 from howto_prep import schema
 from howto_prep.errors import UserError
 
 
 def run_status(args: argparse.Namespace) -> int:
-    path = args.path
+    path = require_local(args.path, "status")
     if not path.is_dir():
         raise UserError(f"{path} is not a folder")
     if (path / schema.MANIFEST_FILE).exists():

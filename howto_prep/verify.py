@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from howto_prep.cli_support import require_local
 from howto_prep import schema, shards
 from howto_prep.errors import ExitCode, UserError
 from howto_prep.files import file_sha256
@@ -66,7 +67,7 @@ def member_keys(path: Path) -> list[str]:
 
 def run_verify(args: argparse.Namespace) -> int:
     """Exit 0 when every shard matches its JSON, 1 with one line per problem otherwise."""
-    shard_dir = Path(args.shards)
+    shard_dir = require_local(args.shards, "verify")
     if not shard_dir.is_dir():
         raise UserError(f"{shard_dir} is not a folder")
     records = shards.read_shard_records(shard_dir)

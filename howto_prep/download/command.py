@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from howto_prep.cli_support import require_local
 from howto_prep.download.catalog import Catalog, CatalogEntry, load_catalog
 from howto_prep.download.credentials import redact
 from howto_prep.download.manifest import DONE, FAILED, PENDING, Manifest, manifest_summary
@@ -81,6 +82,7 @@ class CredentialsRejected(SystemFault):
 
 def run_download(args: argparse.Namespace) -> int:
     """CLI handler: the catalog from --csv/--ids, then download_all, then the summary table."""
+    require_local(args.out, "--out")
     catalog = load_catalog(args.csv, args.ids)
     if args.limit:
         catalog = catalog.head(args.limit)

@@ -10,6 +10,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from howto_prep.cli_support import require_local
 from howto_prep import schema
 from howto_prep.errors import UserError
 from howto_prep.extract.annotations import ClipList, ClipRecord, load_clips_csv, load_msrvtt, load_youcook2
@@ -93,7 +94,7 @@ def plan_from_args(args: argparse.Namespace) -> ExtractPlan:
             raise UserError(f"{option} must be a positive number of seconds, not {seconds:g}")
     if args.failure_storm < 1:
         raise UserError("--failure-storm must be at least 1 (identical failures in a row that stop the run)")
-    return ExtractPlan(videos_dir=args.videos, out=Path(args.out), features=features, captions=args.captions,
+    return ExtractPlan(videos_dir=args.videos, out=require_local(args.out, "--out"), features=features, captions=args.captions,
                        word2vec=args.word2vec, csv=args.csv, weights_2d=args.weights_2d, weights_3d=args.weights_3d,
                        gpus=args.gpus, gpu_share=args.gpu_share, workers=args.workers,
                        shard_size=args.shard_size, prefix=args.prefix,
