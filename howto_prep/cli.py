@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--word2vec", type=local_path,
                          help="word2vec .bin (GoogleNews format); needed for the tokens feature and clip-level sets")
     extract.add_argument("--out", type=location, required=True, help="a folder, or s3://bucket/prefix (gs://)")
+    extract.add_argument("--work", type=local_path, default=None,
+                         help="with an --out URL: the local folder of the run's state (indexes, shards being "
+                              "uploaded); default .howto-prep/work/<scheme>/<bucket>/<prefix>; shared by all nodes")
     extract.add_argument("--csv", type=local_path, help="HowTo100M_v1.csv for the category columns in meta.json")
     extract.add_argument("--gpus", type=non_negative_int, default=0, help="model actors, each on a GPU (0: one CPU actor)")
     extract.add_argument("--gpu-share", type=gpu_share, default=1.0,

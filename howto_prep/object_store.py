@@ -42,6 +42,11 @@ disk). There is no kernel to release it when its holder dies, so the rule is a l
     gone or rewritten by another run (or could not refresh it for M seconds) has lost it: it logs
     one line and `ensure_held()` raises SystemFault, so the writer stops before committing a shard.
 
+    One exception to waiting M: a lock whose holder ran on this very machine (same hostname and boot
+    id) in a process that is gone (no such pid, or a pid started at another time than the one the
+    lock records) is stale at once: a run killed with kill -9 (or by the OOM killer) is rerun on the
+    same machine without waiting out the lease.
+
 The taker's clock must agree with the store's and the holder's to well within M (NTP does), and M
 must be well above N and the store's worst latency. A lease is not a fence: a holder frozen for M
 seconds (a stopped VM) that wakes up may write once more before its heartbeat finds the lock gone;
@@ -275,8 +280,9 @@ def make_filesystem(url: str, request_tries: int = 3, connect_timeout: float = 1
             return fsspec.filesystem("file", skip_instance_cache=True)
         return fsspec.filesystem(protocol, skip_instance_cache=True, use_listings_cache=False)
     except ImportError as err:
-        raise UserError(f"{protocol}:// needs the fsspec backend package {err.name or ''}, which is not "
-                        "installed (this toolkit's lock installs s3fs for s3://)") from None
+        backend = "gcsfs" if protocol in GCS_PROTOCOLS else (err.name or f"for {protocol}://")
+        raise UserError(f"{protocol}:// needs the fsspec backend package {backend}, which is not installed "
+                        "(this toolkit's lock installs s3fs for s3://)") from None
     except ValueError as err:
         raise UserError(f"{protocol}:// is not a storage protocol fsspec knows ({err})") from None
 
@@ -559,9 +565,39 @@ def _local_create_exclusive(target: str, data: bytes) -> None:
 
 def lock_holder(tool: str) -> dict:
     """Who holds a lock: tool, host, pid, start time (no command line: a bucket is read more widely
-    than a local lock file)."""
+    than a local lock file); the boot id and the process's start tick let a rerun on the same machine
+    see that the holder is gone."""
     return {"tool": tool, "host": socket.gethostname(), "pid": os.getpid(),
-            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "boot_id": _boot_id(), "pid_start": _process_start(os.getpid())}
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22); None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def holder_gone(doc: dict | None) -> bool:
+    """True when `doc` names a process of this machine's current boot that no longer runs."""
+    if not doc or doc.get("host") != socket.gethostname() or doc.get("boot_id") is None:
+        return False
+    if doc.get("boot_id") != _boot_id() or not isinstance(doc.get("pid"), int):
+        return False
+    return _process_start(doc["pid"]) != doc.get("pid_start")
 
 
 def describe_holder(doc: dict | None) -> str:
@@ -630,6 +666,13 @@ class StoreLock:
             if found is None:
                 continue  # released between our create and our read: try again
             doc, age = found
+            if holder_gone(doc):
+                logger.warning("%s: taking over the lock of %s: that process no longer runs on this machine",
+                               where, describe_holder(doc))
+                if self._take_over(doc):
+                    self._start()
+                    return self
+                continue
             if age <= self._stale_after(doc):
                 raise OutputLocked(f"{where} is in use by {describe_holder(doc)}, last heartbeat {age:.0f} s ago; "
                                    "one run per output (wait for it, or stop it: a rerun continues where it "

@@ -115,10 +115,15 @@ def _last_byte(path: Path) -> bytes:
 def read_failures(out_dir: Path) -> dict[str, dict]:
     """Latest failure record per video id (a torn last line from a kill is ignored)."""
     path = Path(out_dir) / schema.FAILURES_FILE
-    latest: dict[str, dict] = {}
     if not path.exists():
-        return latest
-    for line in path.read_text(encoding="utf-8").splitlines():
+        return {}
+    return parse_failures(path.read_text(encoding="utf-8"))
+
+
+def parse_failures(text: str) -> dict[str, dict]:
+    """failures.jsonl's text -> latest record per video id (torn lines skipped)."""
+    latest: dict[str, dict] = {}
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -165,9 +170,12 @@ class ShardWriter:
     def __init__(self, out_dir: Path, max_bytes: int = schema.DEFAULT_SHARD_BYTES,
                  prefix: str = schema.DEFAULT_PREFIX,
                  before_json: Callable[[str, set[int]], None] | None = None,
-                 slot: WriterSlot | None = None) -> None:
+                 slot: WriterSlot | None = None,
+                 after_commit: Callable[[dict], None] | None = None) -> None:
         """`before_json(shard_name, token_ids)` runs after a shard's tar is in place and before its
         JSON makes it part of the set (extract writes the shard's vocabulary part there).
+        `after_commit(record)` runs once the JSON is written (a URL output uploads the shard there:
+        shard_store.ShardPublisher); if it raises, the shard stays committed in the folder.
 
         Alone (slot None) the writer clears a killed run's residue and takes the indices after every
         existing shard. One of several writers of one set (extract's per-node agents) gets a `slot`
@@ -178,6 +186,7 @@ class ShardWriter:
         self.max_bytes = max_bytes
         self.prefix = prefix
         self.before_json = before_json
+        self.after_commit = after_commit
         if slot is None:
             clean_unfinished(self.out_dir)
             slot = WriterSlot(next_free_index(self.out_dir, prefix), 1)
@@ -259,6 +268,8 @@ class ShardWriter:
         if self.slot.stride == 1:  # several writers: index.json is rebuilt once, when the run ends
             write_index(self.out_dir)
         self.committed.append(record)
+        if self.after_commit is not None:
+            self.after_commit(record)
         return final
 
     @staticmethod
@@ -313,20 +324,24 @@ def iterate_samples(out_dir: Path) -> Iterator[dict]:
 def shard_set_summary(shard_dir: Path) -> str:
     """`howto-prep status shards/`: videos, hours, bytes, shards, failures by kind."""
     shard_dir = Path(shard_dir)
-    records = read_shard_records(shard_dir)
+    return summary_table(str(shard_dir), read_shard_records(shard_dir), read_failures(shard_dir),
+                         len(used_token_ids(shard_dir)), len(unfinished_tars(shard_dir)))
+
+
+def summary_table(name: str, records: list[dict], failures: dict[str, dict], words: int, unfinished: int) -> str:
+    """The status table of a set, on disk or on a store (shard_store.StoredSet)."""
     done = {key for record in records for key in record["keys"]}
-    failures = {vid: rec for vid, rec in read_failures(shard_dir).items() if vid not in done}
-    unfinished = unfinished_tars(shard_dir)
+    failures = {vid: rec for vid, rec in failures.items() if vid not in done}
     rows = [("shards", str(len(records))),
             ("videos", str(sum(record["count"] for record in records))),
             ("hours", f"{sum(record.get('video_seconds', 0.0) for record in records) / 3600:.3f}"),
             ("bytes", f"{sum(record['bytes'] for record in records):,}"),
-            ("vocabulary words", str(len(used_token_ids(shard_dir)))),
+            ("vocabulary words", str(words)),
             ("failed videos", str(len(failures)))]
     rows += [(f"  failed: {kind}", str(count)) for kind, count in sorted(Counter(r["kind"] for r in failures.values()).items())]
     if unfinished:
-        rows.append(("tars without JSON (not read; videos redone)", str(len(unfinished))))
-    width = max(len(name) for name, _ in rows)
-    lines = [f"shard set {shard_dir}", "-" * (width + 16)]
-    lines += [f"{name:<{width}}  {value:>12}" for name, value in rows]
+        rows.append(("tars without JSON (not read; videos redone)", str(unfinished)))
+    width = max(len(row) for row, _ in rows)
+    lines = [f"shard set {name}", "-" * (width + 16)]
+    lines += [f"{row:<{width}}  {value:>12}" for row, value in rows]
     return "\n".join(lines)

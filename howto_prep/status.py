@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from howto_prep.cli_support import require_local
 from howto_prep import schema
+from howto_prep.cli_support import is_store_url
 from howto_prep.errors import UserError
 
 
 def run_status(args: argparse.Namespace) -> int:
-    path = require_local(args.path, "status")
+    if is_store_url(args.path):
+        from howto_prep.object_store import Store
+        from howto_prep.shard_store import StoredSet
+
+        print(StoredSet(Store.for_url(args.path)).summary())
+        return 0
+    path = Path(args.path)
     if not path.is_dir():
         raise UserError(f"{path} is not a folder")
     if (path / schema.MANIFEST_FILE).exists():

@@ -3,49 +3,94 @@
 A shard set copied between machines, synced to object storage or left on a failing disk can lose
 or change bytes silently. For each shard this checks the size and sha256 the JSON recorded, that the
 tar reads, that its samples are the JSON's keys in order, and that every member decodes with the
-explicit decoders training uses (.npy without pickle, .json). Nothing is modified.
+explicit decoders training uses (.npy without pickle, .json), reading each tar once. `verify
+s3://bucket/prefix` streams the shards from the store. Nothing is modified.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import tarfile
+from functools import partial
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 
-from howto_prep.cli_support import require_local
 from howto_prep import schema, shards
+from howto_prep.cli_support import is_store_url
 from howto_prep.errors import ExitCode, UserError
-from howto_prep.files import file_sha256
+from howto_prep.object_store import Store
+
+
+class HashingReader(io.RawIOBase):
+    """A binary stream that hashes and counts what is read through it: the size, the sha256 and the
+    members are checked in one pass, which matters for a shard streamed from an object store."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        data = self.raw.read(len(buffer))
+        buffer[:len(data)] = data
+        self.digest.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
 
 
 def shard_problems(shard_dir: Path, record: dict) -> list[str]:
-    """What is wrong with one shard (empty when it matches its JSON)."""
+    """What is wrong with one shard on disk (empty when it matches its JSON)."""
     path = shard_dir / record["url"]
     if not path.is_file():
         return [f"{record['url']}: missing"]
-    problems = []
-    if path.stat().st_size != record["bytes"]:
-        problems.append(f"{record['url']}: {path.stat().st_size} bytes, the JSON recorded {record['bytes']}")
-    elif file_sha256(path) != record["sha256"]:
-        problems.append(f"{record['url']}: sha256 differs from the JSON's")
+    with open(path, "rb") as handle:
+        return stream_problems(record, handle)
+
+
+def stored_shard_problems(store: Store, record: dict) -> list[str]:
+    """The same checks for a shard on an object store, streamed once (never downloaded to disk)."""
     try:
-        keys = member_keys(path)
-    except (tarfile.TarError, OSError, ValueError) as err:
-        return problems + [f"{record['url']}: {err}"]
-    if keys != record["keys"]:
+        with store.open_read(record["url"]) as handle:
+            return stream_problems(record, handle)
+    except FileNotFoundError:
+        return [f"{record['url']}: missing"]
+
+
+def stream_problems(record: dict, handle: BinaryIO) -> list[str]:
+    """Size, sha256, sample keys in order and every member's decoding, in one pass over `handle`."""
+    reader = HashingReader(handle)
+    problems = []
+    try:
+        keys = member_keys(reader)
+        reader.drain()  # the tar's end-of-archive padding: part of the recorded size and hash
+    except (tarfile.TarError, OSError, ValueError, EOFError) as err:
+        keys, problems = None, [f"{record['url']}: {err}"]
+    if reader.size != record["bytes"]:
+        problems.insert(0, f"{record['url']}: {reader.size} bytes, the JSON recorded {record['bytes']}")
+    elif reader.digest.hexdigest() != record["sha256"]:
+        problems.insert(0, f"{record['url']}: sha256 differs from the JSON's")
+    if keys is not None and keys != record["keys"]:
         problems.append(f"{record['url']}: holds {len(keys)} samples, the JSON lists {len(record['keys'])} "
                         "(or in another order)")
     return problems
 
 
-def member_keys(path: Path) -> list[str]:
+def member_keys(stream: BinaryIO) -> list[str]:
     """Sample keys in tar order, after decoding every member; ValueError names a bad member."""
     keys: list[str] = []
-    with tarfile.open(path, "r:") as tar:
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             key, _, field = member.name.partition(".")
             data = tar.extractfile(member).read() if member.isfile() else b""
@@ -67,16 +112,25 @@ def member_keys(path: Path) -> list[str]:
 
 def run_verify(args: argparse.Namespace) -> int:
     """Exit 0 when every shard matches its JSON, 1 with one line per problem otherwise."""
-    shard_dir = require_local(args.shards, "verify")
-    if not shard_dir.is_dir():
-        raise UserError(f"{shard_dir} is not a folder")
-    records = shards.read_shard_records(shard_dir)
+    if is_store_url(args.shards):
+        from howto_prep.shard_store import StoredSet
+
+        store = Store.for_url(args.shards)
+        records = StoredSet(store).records()
+        check: Callable[[dict], list[str]] = partial(stored_shard_problems, store)
+        where = store.url
+    else:
+        shard_dir = Path(args.shards)
+        if not shard_dir.is_dir():
+            raise UserError(f"{shard_dir} is not a folder")
+        records = shards.read_shard_records(shard_dir)
+        check, where = partial(shard_problems, shard_dir), str(shard_dir)
     if not records:
-        raise UserError(f"{shard_dir} holds no finished shard (no per-shard JSON)")
-    problems = [problem for record in records for problem in shard_problems(shard_dir, record)]
+        raise UserError(f"{where} holds no finished shard (no per-shard JSON)")
+    problems = [problem for record in records for problem in check(record)]
     for problem in problems:
         print(f"howto-prep verify: {problem}")
     samples = sum(record["count"] for record in records)
     verdict = f"{len(problems)} problem(s)" if problems else "all match their JSON"
-    print(f"verify {shard_dir}: {len(records)} shards, {samples} samples: {verdict}")
+    print(f"verify {where}: {len(records)} shards, {samples} samples: {verdict}")
     return int(ExitCode.CHECK_FAILED) if problems else 0

@@ -48,6 +48,7 @@ class AgentSpec:
     captions: Any = None  # a checked CaptionIndex (sent as its location), or a small dict, or None
     word2vec: Any = None  # a checked Word2VecTable (sent as its location), or None
     node_id: str | None = None  # pin the decode tasks here (the model actor's node)
+    publisher: Any = None  # shard_store.ShardPublisher for an --out URL (sent as URL + work folder + lock token)
 
 
 @dataclass
@@ -149,8 +150,10 @@ class ExtractAgent:
             from howto_prep.features.tokens import VocabularyParts
 
             parts = VocabularyParts(self.vocab, Path(self.spec.out))
+        publisher = self.spec.publisher
         writer = shards.ShardWriter(Path(self.spec.out), self.spec.shard_size, self.spec.prefix,
-                                    before_json=parts.add if parts else None, slot=self.spec.slot)
+                                    before_json=parts.add if parts else None, slot=self.spec.slot,
+                                    after_commit=publisher.publish if publisher is not None else None)
         try:
             while not self.stopping:
                 with self.wake:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
-from howto_prep.cli_support import require_local
+from howto_prep.cli_support import is_store_url
 from howto_prep import schema
 from howto_prep.errors import UserError
 from howto_prep.extract.annotations import ClipList, ClipRecord, load_clips_csv, load_msrvtt, load_youcook2
@@ -66,6 +67,8 @@ class ExtractPlan:
     decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S  # then the video is recorded as decode_timeout
     actor_timeout_s: float = DEFAULT_ACTOR_TIMEOUT_S  # then the actor is killed and restarted
     failure_storm: int = DEFAULT_THRESHOLD  # identical failures in a row that stop the run as a system fault
+    store_url: str | None = None  # --out s3://...: `out` is then the local work folder (shard_store.py)
+    publisher: Any = None  # shard_store.ShardPublisher while a video-level set goes to `store_url`
 
     def wants(self, name: str) -> bool:
         return name in self.features
@@ -94,13 +97,31 @@ def plan_from_args(args: argparse.Namespace) -> ExtractPlan:
             raise UserError(f"{option} must be a positive number of seconds, not {seconds:g}")
     if args.failure_storm < 1:
         raise UserError("--failure-storm must be at least 1 (identical failures in a row that stop the run)")
-    return ExtractPlan(videos_dir=args.videos, out=require_local(args.out, "--out"), features=features, captions=args.captions,
-                       word2vec=args.word2vec, csv=args.csv, weights_2d=args.weights_2d, weights_3d=args.weights_3d,
+    out, store_url = output_folder(args.out, getattr(args, "work", None))
+    # absolute: agents and decode tasks run in Ray workers, whose working folder is not this one
+    return ExtractPlan(videos_dir=absolute(args.videos), out=absolute(out), store_url=store_url, features=features,
+                       captions=absolute(args.captions), word2vec=absolute(args.word2vec), csv=absolute(args.csv),
+                       weights_2d=args.weights_2d, weights_3d=args.weights_3d,
                        gpus=args.gpus, gpu_share=args.gpu_share, workers=args.workers,
                        shard_size=args.shard_size, prefix=args.prefix,
                        address=args.address, retry_failed=args.retry_failed, limit=args.limit,
                        clip_annotations=clip_annotations, decode_timeout_s=args.decode_timeout,
                        actor_timeout_s=args.actor_timeout, failure_storm=args.failure_storm)
+
+
+def absolute(path: Path | None) -> Path | None:
+    return None if path is None else Path(path).absolute()
+
+
+def output_folder(out: Path | str, work: Path | None) -> tuple[Path, str | None]:
+    """(the folder the disk writer writes, the store URL it is published to or None)."""
+    if is_store_url(out):
+        from howto_prep.shard_store import default_work_folder
+
+        return Path(work) if work is not None else default_work_folder(str(out)), str(out)
+    if work is not None:
+        raise UserError("--work is for an --out URL (s3://, gs://): the local state of a set on object storage")
+    return Path(out), None
 
 
 def check_model_weights(spec: str, option: str, named: tuple[str, ...]) -> None:

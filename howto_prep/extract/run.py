@@ -160,7 +160,7 @@ def start_agents(plan: ExtractPlan, actors: list, feature_info: dict, videos: in
                          decode_timeout_s=plan.decode_timeout_s, actor_timeout_s=plan.actor_timeout_s,
                          actor_restarts=ACTOR_RESTARTS, want_1fps=plan.wants(schema.RESNET152.name),
                          want_24fps=plan.wants(schema.RESNEXT101.name), want_audio=plan.wants(schema.LOGMEL.name),
-                         captions=captions, word2vec=word2vec, node_id=home)
+                         captions=captions, word2vec=word2vec, node_id=home, publisher=plan.publisher)
         placed = remote_agent.options(num_cpus=0, max_restarts=0,
                                       scheduling_strategy=NodeAffinitySchedulingStrategy(home, soft=False))
         states.append(AgentState(handle=placed.remote(spec, actor), node=node, slots=decode_slots))
