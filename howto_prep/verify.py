@@ -74,9 +74,9 @@ def stream_problems(record: dict, handle: BinaryIO) -> list[str]:
     problems = []
     try:
         keys = member_keys(reader)
-        reader.drain()  # the tar's end-of-archive padding: part of the recorded size and hash
     except (tarfile.TarError, OSError, ValueError, EOFError) as err:
         keys, problems = None, [f"{record['url']}: {err}"]
+    reader.drain()  # to the end (the tar's padding, or what follows a bad member): size and hash are whole
     if reader.size != record["bytes"]:
         problems.insert(0, f"{record['url']}: {reader.size} bytes, the JSON recorded {record['bytes']}")
     elif reader.digest.hexdigest() != record["sha256"]:
@@ -85,6 +85,15 @@ def stream_problems(record: dict, handle: BinaryIO) -> list[str]:
         problems.append(f"{record['url']}: holds {len(keys)} samples, the JSON lists {len(record['keys'])} "
                         "(or in another order)")
     return problems
+
+
+def sample_id(meta: dict) -> object:
+    """The id a sample's key must be: a clip's own id in a clip-level set, else its video's."""
+    return meta.get("clip_id") if meta.get("kind") == "clip" else meta.get("video_id")
+
+
+def key_is_clip(meta_bytes: bytes) -> bool:
+    return json.loads(meta_bytes).get("kind") == "clip"
 
 
 def member_keys(stream: BinaryIO) -> list[str]:
@@ -105,8 +114,8 @@ def member_keys(stream: BinaryIO) -> list[str]:
                 raise ValueError(f"member {member.name} does not decode ({err})") from None
             if not keys or keys[-1] != key:
                 keys.append(key)
-            if field == schema.META_FIELD and json.loads(data).get("video_id") != key:
-                raise ValueError(f"member {member.name} names another video")
+            if field == schema.META_FIELD and sample_id(json.loads(data)) != key:
+                raise ValueError(f"member {member.name} names another {'clip' if key_is_clip(data) else 'video'}")
     return keys
 
 

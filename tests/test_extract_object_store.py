@@ -203,3 +203,20 @@ def test_a_second_run_on_the_same_url_is_refused_while_the_first_holds_it(synth_
                                                               "howto-prep extract (pid"), explain(result)
     assert "node-7" in result.stderr
     assert set(stored(s3, "busy")) == set()  # nothing written (the test's lock was released)
+
+
+def test_a_clip_level_set_goes_to_the_store_with_its_clip_list(synth_corpus, s3: S3Server, tmp_path: Path) -> None:
+    annotations = json.loads(synth_corpus.youcook2_json.read_text())["database"]
+    expected = sum(len(entry["annotations"]) for entry in annotations.values() if entry["subset"] == "validation")
+    url = s3.url("yc2-val")
+    result = run_cli(["extract", "--features", FEATURES, "--videos", str(synth_corpus.heldout_videos_dir),
+                      "--word2vec", str(synth_corpus.word2vec), "--youcook2", str(synth_corpus.youcook2_json),
+                      "--out", url, "--work", str(tmp_path / "work")], tmp_path)
+    assert result.returncode == 0, explain(result)
+    objects = stored(s3, "yc2-val")
+    clips = json.loads(objects[schema.CLIPS_FILE])
+    assert clips["num_expected"] == expected and not clips["missing"]
+    assert len(stored_samples(objects)) == expected
+    assert not any(key.startswith("video-level/") for key in objects)  # the cut's source stays in the work folder
+    verify = run_cli(["verify", url], tmp_path)
+    assert verify.returncode == 0, explain(verify)
