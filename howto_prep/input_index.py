@@ -76,6 +76,23 @@ def refuse_if_stale(folder: Path, source: SourceFingerprint, option: str) -> Non
                         f"{folder} and the shards made from the old file")
 
 
+def require_finished(folder: Path, source: Path, option: str, what: str) -> SourceFingerprint:
+    """The recorded fingerprint of the finished index in `folder`, for a process that opens it
+    without re-hashing (a worker, after the driver checked it): only the source's size is compared,
+    a cheap guard against another file at the same path. One line, exit 2, otherwise."""
+    recorded = read_recorded_source(folder)
+    if recorded is None:
+        raise UserError(f"{folder} holds no finished {what}; `howto-prep extract` builds it from {option} {source}")
+    try:
+        size = Path(source).stat().st_size
+    except FileNotFoundError:
+        raise UserError(f"{option}: file {source} does not exist") from None
+    if size != recorded.size:
+        raise UserError(f"{option} {source} is not the file indexed in {folder} ({size:,} bytes, indexed "
+                        f"{recorded.size:,}); use the original file or a new --out")
+    return recorded
+
+
 def record_source(folder: Path, source: SourceFingerprint) -> None:
     """Mark the index in `folder` finished (the last write of a build)."""
     from howto_prep.files import atomic_write_json

@@ -34,7 +34,8 @@ import numpy as np
 from howto_prep.errors import UserError
 from howto_prep.files import atomic_path, atomic_write_json, is_temp_name, remove_quietly, storage_faults
 from howto_prep.input_index import (SourceFingerprint, clear_unfinished, fingerprint, index_folder,
-                                    open_readonly_array, read_recorded_source, record_source, refuse_if_stale)
+                                    open_readonly_array, read_recorded_source, record_source, refuse_if_stale,
+                                    require_finished)
 
 logger = logging.getLogger(__name__)
 
@@ -388,17 +389,7 @@ class CaptionIndex:
         """Open a finished index without re-hashing (a worker, after the driver checked it); only the
         source's size is compared (a cheap guard against a different file at the same path)."""
         folder, source = Path(folder), Path(source)
-        recorded = read_recorded_source(folder)
-        if recorded is None:
-            raise UserError(f"{folder} holds no finished caption index; `howto-prep extract` builds it from "
-                            f"{OPTION} {source}")
-        try:
-            size = source.stat().st_size
-        except FileNotFoundError:
-            raise UserError(f"{OPTION} {source} does not exist") from None
-        if size != recorded.size:
-            raise UserError(f"{OPTION} {source} is not the file indexed in {folder} ({size:,} bytes, "
-                            f"indexed {recorded.size:,})")
+        require_finished(folder, source, OPTION, "caption index")
         arrays = [open_readonly_array(folder / f"{name}.npy") for name in ARRAYS]
         return cls(folder, source, *arrays)
 

@@ -54,7 +54,8 @@ from howto_prep.errors import UserError
 from howto_prep.features.tokens import tokenize
 from howto_prep.files import atomic_path, atomic_write_json, storage_faults
 from howto_prep.input_index import (SOURCE_FILE, SourceFingerprint, clear_unfinished, fingerprint, index_folder,
-                                    open_readonly_array, read_recorded_source, record_source, refuse_if_stale)
+                                    open_readonly_array, read_recorded_source, record_source, refuse_if_stale,
+                                    require_finished)
 
 KIND = "word2vec"
 OPTION = "--word2vec"
@@ -451,18 +452,11 @@ class Word2VecTable:
         """Open a finished index without re-hashing (a worker, after the driver checked it); only the
         .bin's size is compared (a cheap guard against another file at the same path)."""
         folder, source = Path(folder), Path(source)
-        recorded = read_recorded_source(folder)
+        require_finished(folder, source, OPTION, "word2vec index")
         meta = read_meta(folder)
-        if recorded is None or meta is None:
+        if meta is None:
             raise UserError(f"{folder} holds no finished word2vec index; `howto-prep extract` builds it from "
                             f"{OPTION} {source}")
-        try:
-            size = source.stat().st_size
-        except FileNotFoundError:
-            raise UserError(f"{OPTION}: file {source} does not exist") from None
-        if size != recorded.size:
-            raise UserError(f"{OPTION} {source} is not the file indexed in {folder} ({size:,} bytes, indexed "
-                            f"{recorded.size:,}); use the original file or a new --out")
         return cls(folder, source, meta)
 
     def __reduce__(self) -> tuple:
