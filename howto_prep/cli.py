@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--csv", type=local_path, help="HowTo100M_v1.csv")
     source.add_argument("--ids", type=local_path, help="file with one video id (or URL) per line")
     download.add_argument("--out", type=location, required=True, help="a folder, or s3://bucket/prefix (gs://)")
+    download.add_argument("--work", type=local_path, default=None,
+                          help="with an --out URL: the local folder of the run's state (manifest, files being "
+                               "uploaded); default .howto-prep/work/<scheme>/<bucket>/<prefix>")
     download.add_argument("--source", choices=["mirror", "youtube", "auto"], default="auto")
     download.add_argument("--mirror-url", help="base URL of the authors' mirror")
     download.add_argument("--credentials", type=local_path, help="file with one line username:password")

@@ -27,6 +27,8 @@ SLOW_MODULES = {  # slow as a whole: Ray, CLI child processes, torchrun, ffmpeg,
     "test_storage_faults", "test_synthetic", "test_reference_chain", "test_features_2d", "test_features_3d",
     "test_agents", "test_multinode", "test_object_store",  # agents on a local Ray; a 3-node cluster; a moto S3 server
     "test_embed_search",  # the whole embed + index pipeline on a trained model, once per module
+    "test_download_object_store",  # downloads to a moto S3 server, one run on a local Ray
+    "test_train_object_store",  # pretrain/evaluate/embed from a moto S3 server, a CLI child process
 }
 SLOW_NAMES = frozenset({"subprocess", "ray"})  # a test whose own code uses these starts a process or a cluster
 

@@ -3,6 +3,8 @@
 The manifest is the record; this driver is its only writer (one commit per video). Workers fetch,
 validate and rename (see download.task); a rerun skips what is done, `--retry-failed` retries only
 what failed, and a mirror that rejects the credentials stops the run after a handful of requests.
+With `--out s3://bucket/prefix` the same run works on a local work folder and each worker uploads its
+video (download.to_store: where the manifest lives, and why).
 """
 
 from __future__ import annotations
@@ -11,15 +13,15 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from howto_prep.cli_support import require_local
 from howto_prep.download.catalog import Catalog, CatalogEntry, load_catalog
 from howto_prep.download.credentials import redact
 from howto_prep.download.manifest import DONE, FAILED, PENDING, Manifest, manifest_summary
 from howto_prep.download.plan import DownloadPlan, plan_from_args, sources_for
+from howto_prep.download.stored import StoredVideos
 from howto_prep.download.task import MIRROR, YOUTUBE, FetchJob, FetchResult, fetch_video, job_credentials
 from howto_prep.errors import FailureKind, SystemFault, UserError
 from howto_prep.output_lock import output_lock
@@ -81,18 +83,26 @@ class CredentialsRejected(SystemFault):
 
 
 def run_download(args: argparse.Namespace) -> int:
-    """CLI handler: the catalog from --csv/--ids, then download_all, then the summary table."""
-    require_local(args.out, "--out")
+    """CLI handler: the catalog from --csv/--ids, then download_all (to a folder or, with an --out URL,
+    through a work folder to the store), then the summary table."""
     catalog = load_catalog(args.csv, args.ids)
     if args.limit:
         catalog = catalog.head(args.limit)
     plan = plan_from_args(args)
-    with output_lock(plan.out, "howto-prep download"):
-        summary = download_all(catalog, plan)
+    if plan.store_url is not None:
+        from howto_prep.download.to_store import MANIFEST_KEY, download_to_store
+
+        summary = download_to_store(catalog, plan)
+    else:
+        with output_lock(plan.out, "howto-prep download"):
+            summary = download_all(catalog, plan)
     print(f"this run: {summary.done} done, {summary.failed} failed, {summary.skipped} already recorded, "
           f"{summary.bytes / 1e6:.1f} MB in {summary.seconds:.1f} s")
     for line in summary.node_lines():
         print(line)
+    if plan.store_url is not None:
+        print(f"videos in {plan.store_url}/, a copy of the manifest in {plan.store_url}/{MANIFEST_KEY}; "
+              f"the run's state in {plan.out}")
     print(manifest_summary(plan.out))
     return 0
 
@@ -102,54 +112,68 @@ _NEW, _PENDING, _DONE, _FAILED, _VANISHED = range(5)
 _STATE = {PENDING: _PENDING, DONE: _DONE, FAILED: _FAILED}
 
 
-def select_work(catalog: Catalog, manifest: Manifest, plan: DownloadPlan) -> np.ndarray:
+def select_work(catalog: Catalog, manifest: Manifest, plan: DownloadPlan,
+                stored: StoredVideos | None = None) -> np.ndarray:
     """Positions in `catalog` (in its order) of the new and pending videos (or, with --retry-failed,
-    only the failed ones); a done row whose file vanished is redone.
+    only the failed ones); a done row whose file vanished is redone. With `stored` (the listing of an
+    object-store output) the store decides what is there: a catalog video with an object is done
+    (recorded so, whatever its row said), a done row without one is redone.
 
     One streaming pass over the manifest (a batch of rows at a time) gives each catalog entry its state
     in an int8 array; then the vanished rows go back to pending and the new ids are registered as
     pending, each in one commit. Memory: a byte per entry plus one batch, not an object per row.
     """
     state = np.full(len(catalog), _NEW, np.int8)
+    in_store = stored.in_catalog(catalog) if stored is not None else None
     for rows in manifest.states():
         found = catalog.positions(np.array([row[0].encode("utf-8") for row in rows], dtype="S"))
         for (video_id, status, path), position in zip(rows, found.tolist()):
             if position < 0:
                 continue
-            if status == DONE and not (path and (plan.out / path).is_file()):
+            present = in_store[position] >= 0 if in_store is not None else path and (plan.out / path).is_file()
+            if status == DONE and not present:
                 state[position] = _VANISHED
             else:
                 state[position] = _STATE.get(status, _PENDING)
     vanished = np.flatnonzero(state == _VANISHED)
     if len(vanished):
         manifest.mark_pending_many(catalog.video_id(position) for position in vanished)
+    source = MIRROR if plan.source != "youtube" and plan.mirror_url else YOUTUBE
+    if in_store is not None and stored is not None:
+        adopted = np.flatnonzero((in_store >= 0) & (state != _DONE))
+        if len(adopted):  # uploaded by a run whose record of it is lost (a fresh work folder, a kill)
+            manifest.mark_stored_many(((catalog.video_id(position), *stored.row(int(in_store[position])))
+                                       for position in adopted), source)
+            state[adopted] = _DONE
     if plan.retry_failed:
         return np.flatnonzero(state == _FAILED)
     new = np.flatnonzero(state == _NEW)
     if len(new):
-        manifest.add_pending((catalog.video_id(position) for position in new),
-                             MIRROR if plan.source != "youtube" and plan.mirror_url else YOUTUBE)
+        manifest.add_pending((catalog.video_id(position) for position in new), source)
     return np.flatnonzero(np.isin(state, (_NEW, _PENDING, _VANISHED)))
 
 
-def download_all(records: Iterable[CatalogEntry] | Catalog, plan: DownloadPlan) -> RunSummary:
+def download_all(records: Iterable[CatalogEntry] | Catalog, plan: DownloadPlan, stored: StoredVideos | None = None,
+                 guard: Callable[[], None] | None = None) -> RunSummary:
     """Fetch every selected record; each outcome is committed to the manifest as it arrives.
 
     `records` is a Catalog or any iterable of entries (duplicates are fetched once). Jobs are made as
-    Ray takes them, so the driver never holds one per video."""
+    Ray takes them, so the driver never holds one per video. For an object-store output, `stored` is
+    its listing (select_work) and `guard` raises SystemFault once the output's lock is lost (checked
+    before each record)."""
     catalog = records if isinstance(records, Catalog) else Catalog.from_entries(records)
     plan.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with Manifest(plan.out) as manifest:
-        work = select_work(catalog, manifest, plan)
+        work = select_work(catalog, manifest, plan, stored)
         summary = RunSummary(selected=len(work), skipped=len(catalog) - len(work))
         if plan.credentials is not None and plan.credential_source is None:
             raise UserError("credentials must come from a file or HOWTO100M_USER/PASSWORD (plan.credential_source), "
                             "so that workers read them and no task argument carries the password")
         jobs = (FetchJob(record, str(plan.out), sources_for(record, plan), plan.mirror_url, plan.credential_source,
-                         str(plan.cookies) if plan.cookies else None, plan.settings)
+                         str(plan.cookies) if plan.cookies else None, plan.settings, plan.store_url)
                 for record in catalog.entries(work))
-        recorder = _Recorder(manifest, plan, summary)
+        recorder = _Recorder(manifest, plan, summary, guard)
         if len(work) and plan.workers:
             from howto_prep.cluster import init_ray
 
@@ -172,12 +196,19 @@ def download_all(records: Iterable[CatalogEntry] | Catalog, plan: DownloadPlan) 
 class _Recorder:
     """Writes results to the manifest; holds back mirror auth failures until the credentials are proven good."""
 
-    def __init__(self, manifest: Manifest, plan: DownloadPlan, summary: RunSummary) -> None:
+    def __init__(self, manifest: Manifest, plan: DownloadPlan, summary: RunSummary,
+                 guard: Callable[[], None] | None = None) -> None:
         self.manifest, self.plan, self.summary = manifest, plan, summary
+        self.guard = guard
         self.mirror_accepted = False
         self.held: list[FetchResult] = []
 
     def record(self, job: FetchJob, result: FetchResult) -> None:
+        if result.store_fault:  # the upload failed: the store's fault, not the video's (it stays pending)
+            raise SystemFault(f"{redact(result.store_fault, self.plan.credentials)}; {result.video_id} and the "
+                              "rest stay pending: rerun the same command to continue")
+        if self.guard is not None:
+            self.guard()
         if not result.ok and result.failure_kind in STOPPING_KINDS:  # not the video's doing: it stays pending
             raise SystemFault(f"{result.failure_kind.meaning} ({redact(result.error or '', self.plan.credentials)}); "
                               f"{result.video_id} and the rest stay pending: free the resource and rerun")

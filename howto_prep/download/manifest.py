@@ -168,6 +168,29 @@ class Manifest:
             self._db.executemany("UPDATE videos SET status=?, path=NULL, updated_at=? WHERE video_id=?",
                                  ((PENDING, now, video_id) for video_id in video_ids))
 
+    def mark_stored_many(self, rows: Iterable[tuple[str, str, int]], source: str) -> None:
+        """(video_id, object key, bytes) found on the output's object store: done, in one commit (a new
+        id gets a row; its duration stays unknown, NULL: the object is not downloaded to probe it)."""
+        now = _now()
+        with self._writing():
+            self._db.executemany(
+                "INSERT INTO videos (video_id, status, source, path, bytes, attempts, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 0, ?) ON CONFLICT(video_id) DO UPDATE SET status=excluded.status,"
+                " source=COALESCE(videos.source, excluded.source), path=excluded.path, bytes=excluded.bytes,"
+                " failure_kind=NULL, error=NULL, updated_at=excluded.updated_at",
+                ((video_id, DONE, source, key, size, now) for video_id, key, size in rows),
+            )
+
+    def snapshot(self, target: Path) -> None:
+        """A consistent one-file copy at `target` (SQLite's backup API: safe while this manifest is open)."""
+        copy = sqlite3.connect(target)
+        try:
+            self._db.backup(copy)
+            copy.execute("PRAGMA journal_mode=DELETE")  # one file, no -wal beside it
+            copy.commit()
+        finally:
+            copy.close()
+
     def counts(self) -> list[tuple[str, str, int, int]]:
         """(status, failure kind or '', videos, bytes) sorted by status then kind; older spellings of a
         kind are counted under today's."""

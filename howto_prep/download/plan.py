@@ -1,4 +1,8 @@
-"""A validated `howto-prep download` invocation, built once from the command line."""
+"""A validated `howto-prep download` invocation, built once from the command line.
+
+With `--out s3://bucket/prefix` (or gs://), `out` is the local work folder (manifest, partial files,
+videos waiting for their upload; see download.to_store) and `store_url` the output.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,18 @@ from urllib.parse import urlsplit
 
 from howto_prep.download.catalog import CatalogEntry
 from howto_prep.download.credentials import CredentialSource, Credentials, credential_source, load_credentials
+from howto_prep.cli_support import is_store_url
 from howto_prep.download.task import MIRROR, URL, YOUTUBE, FetchSettings
 from howto_prep.errors import UserError
+
+WORK_ROOT = Path(".howto-prep") / "work"  # the same convention as `extract --out URL` (shard_store.py)
 
 
 @dataclass(frozen=True)
 class DownloadPlan:
     """What to fetch from where, and how patiently: built once from the options, then only read."""
 
-    out: Path
+    out: Path  # the download folder; with store_url, the local work folder
     source: str = "auto"  # mirror | youtube | auto
     mirror_url: str | None = None
     credentials: Credentials | None = None  # the driver's copy: validation and redaction only
@@ -28,6 +35,7 @@ class DownloadPlan:
     retry_failed: bool = False
     settings: FetchSettings = field(default_factory=FetchSettings)
     show_progress: bool = True
+    store_url: str | None = None  # s3://bucket/prefix: where the videos go (download.to_store)
 
 
 def check_mirror_url(url: str) -> str:
@@ -39,7 +47,25 @@ def check_mirror_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def default_work_folder(url: str) -> Path:
+    """Where a URL output's local state lives unless --work says: one folder per URL, under the
+    current folder (`.howto-prep/work/s3/bucket/prefix`)."""
+    scheme, _, rest = url.partition("://")
+    parts = [part for part in rest.split("/") if part not in ("", ".", "..")]
+    return WORK_ROOT / scheme.lower() / Path(*parts)
+
+
+def output_folders(out: Path | str, work: Path | None) -> tuple[Path, str | None]:
+    """(the local folder the run writes, absolute; the store URL or None)."""
+    if is_store_url(out):
+        return Path(work if work is not None else default_work_folder(str(out))).absolute(), str(out).rstrip("/")
+    if work is not None:
+        raise UserError("--work is for an --out URL (s3://, gs://): the local state of a download to object storage")
+    return Path(out).resolve(), None
+
+
 def plan_from_args(args: argparse.Namespace) -> DownloadPlan:
+    out, store_url = output_folders(args.out, getattr(args, "work", None))
     mirror_url = check_mirror_url(args.mirror_url) if args.mirror_url else None
     if args.source == "mirror" and not mirror_url:
         raise UserError("--source mirror needs --mirror-url URL")
@@ -48,7 +74,7 @@ def plan_from_args(args: argparse.Namespace) -> DownloadPlan:
     cookies = args.cookies
     if cookies is not None and not cookies.is_file():
         raise UserError(f"cookies file {cookies} does not exist")
-    return DownloadPlan(out=args.out.resolve(), source=args.source, mirror_url=mirror_url,
+    return DownloadPlan(out=out, store_url=store_url, source=args.source, mirror_url=mirror_url,
                         credentials=credentials, credential_source=source, cookies=cookies.resolve() if cookies else None,
                         workers=args.workers, address=args.address, retry_failed=args.retry_failed)
 

@@ -2,7 +2,8 @@
 
 The task never writes the manifest; it returns a `FetchResult` and the driver records it. Partial data
 lives in `<out>/.partial/`, so a kill at any moment leaves nothing under a final name but whole,
-validated files.
+validated files. With an object-store output (`store_url`), `out` is the local work folder and a placed
+video is uploaded, then deleted there (download.upload).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class FetchJob:
     credential_source: CredentialSource | None
     cookies: str | None
     settings: FetchSettings = field(default_factory=FetchSettings)
+    store_url: str | None = None  # s3://... : `out` is the work folder; the video is uploaded, then deleted
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class FetchResult:
     mirror_auth_rejected: bool = False  # the driver stops the run when the mirror rejects everyone
     node_ip: str | None = None  # the Ray node the task ran on (None: not in a Ray process)
     node_id: str | None = None
+    store_fault: str | None = None  # the object store failed: the run stops, the video stays pending
 
 
 def final_path(out: Path, video_id: str, ext: str) -> Path:
@@ -132,11 +135,16 @@ def job_credentials(job: FetchJob) -> Credentials | None:
 
 
 def fetch_video(job: FetchJob) -> FetchResult:
-    """Fetch, validate and place one video; never raises for a video-level problem. The result names
-    the Ray node it ran on (for the run's per-node summary)."""
+    """Fetch, validate and place one video (and, with a store, upload it: download.upload); never
+    raises for a video-level problem. The result names the Ray node it ran on (for the run's per-node
+    summary)."""
     try:
         with video_lock(Path(job.out), job.record.video_id, job.settings.lock_wait_s):
             result = _fetch_video_locked(job)
+            if job.store_url and result.ok:
+                from howto_prep.download.upload import publish_video
+
+                result = publish_video(job.store_url, Path(job.out), result)
     except FetchError as err:
         result = FetchResult(job.record.video_id, False, None, failure_kind=err.kind, error=str(err), attempts=0)
     node_ip, node_id = current_node()
