@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     download.set_defaults(handler="howto_prep.download.command:run_download")
 
     extract = sub.add_parser("extract", help="decode once and write 2D/3D/audio/text features to shards")
-    extract.add_argument("--videos", type=local_path, required=True)
+    extract.add_argument("--videos", type=location, required=True,
+                         help="a folder (a download's --out), or s3://bucket/prefix of one")
     extract.add_argument("--captions", type=local_path, help="caption.json (video-level sets; optional with clip annotations)")
     extract.add_argument("--word2vec", type=local_path,
                          help="word2vec .bin (GoogleNews format); needed for the tokens feature and clip-level sets")

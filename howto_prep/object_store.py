@@ -433,6 +433,18 @@ class Store:
         """The object's bytes; FileNotFoundError when there is none."""
         return self._call("read", key, lambda: self.fs.cat_file(self.path(key)))
 
+    def get_file(self, key: str, local_path: str | os.PathLike) -> None:
+        """Download `key` whole into `local_path` (retried; a short copy is a transient fault, tried again)."""
+        local_path = Path(local_path)
+
+        def download() -> None:
+            self.fs.get_file(self.path(key), str(local_path))
+            expected = self.fs.info(self.path(key))["size"]
+            if local_path.stat().st_size != expected:
+                raise OSError(errno.EIO, f"read {local_path.stat().st_size} bytes of {expected}")
+
+        self._call("download", key, download)
+
     def _info(self, key: str) -> dict:
         return self._call("stat", key, lambda: self.fs.info(self.path(key)))
 

@@ -173,18 +173,30 @@ def test_extract_to_s3_is_the_local_set_survives_kill_9_and_resumes_from_a_fresh
                      again.stdout, again.stderr, folders=(work, tmp_path / "fresh-work"), objects=objects)
 
 
-def test_a_store_that_refuses_a_commit_stops_the_run_with_exit_5_and_the_rerun_publishes_it(
+def test_videos_read_from_the_store_and_a_refused_commit_stops_the_run_with_exit_5_then_the_rerun_publishes_it(
         synth_corpus, local_set: Path, s3: S3Server, tmp_path: Path) -> None:
+    """--videos s3://... (a download's output on the store) gives the same samples as the folder."""
+    client = s3.client()
+    for video in sorted(synth_corpus.videos_dir.rglob("*.mp4")):
+        key = f"videos/{video.relative_to(synth_corpus.videos_dir).as_posix()}"
+        client.put_object(Bucket=s3.bucket, Key=key, Body=video.read_bytes())
+    client.put_object(Bucket=s3.bucket, Key="videos/.partial/x.mp4", Body=b"half a file")  # hidden: never taken
     url, work = s3.url("refused"), tmp_path / "work"
+
+    def args(*extra: str) -> list[str]:
+        listed = extract_args(synth_corpus, url, "--work", str(work), *extra)
+        listed[listed.index("--videos") + 1] = s3.url("videos")
+        return listed
+
     s3.proxy.fail("403", times=1, method="PUT", path_contains="shard-")  # the first shard upload is refused
-    first = run_cli(extract_args(synth_corpus, url, "--work", str(work)), tmp_path)
+    first = run_cli(args(), tmp_path)
     assert first.returncode == 5, explain(first)
     last = first.stderr.strip().splitlines()[-1]
     assert last.startswith("howto-prep: system fault: object store refused"), explain(first)
     assert "Traceback" not in first.stderr
     assert not (work / schema.FAILURES_FILE).exists() or not shards.read_failures(work)  # no video blamed
     s3.proxy.clear()
-    rerun = run_cli(extract_args(synth_corpus, url, "--work", str(work)), tmp_path)
+    rerun = run_cli(args(), tmp_path)
     assert rerun.returncode == 0, explain(rerun)
     objects = stored(s3, "refused")
     assert stored_samples(objects) == local_samples(local_set)

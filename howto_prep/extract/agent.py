@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from howto_prep.errors import SystemFault, ToolError
+from howto_prep.object_store import is_url
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class ExtractAgent:
                     return
                 else:
                     video_id = None
-            yield None if video_id is None else (video_id, Path(path))
+            yield None if video_id is None else (video_id, path if is_url(path) else Path(path))
 
     def _run(self) -> None:
         from howto_prep import shards

@@ -7,7 +7,7 @@ import csv
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 from howto_prep.errors import UserError
 from howto_prep.schema import CSV_META_COLUMNS, MANIFEST_FILE
@@ -21,7 +21,33 @@ logger = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".3gp", ".mpg", ".mpeg", ".ts"}
 
 
-def find_videos(videos_dir: Path) -> dict[str, Path]:
+VideoRef = Union[Path, str]  # a video file, or the URL of a video object (--videos s3://...)
+
+
+def source_name(video: VideoRef) -> str:
+    """The file name of a video, local or on a store (what meta.json's `source` records)."""
+    return str(video).rstrip("/").rsplit("/", 1)[-1]
+
+
+def find_stored_videos(url: str) -> dict[str, str]:
+    """id -> object URL of the videos under a store URL, by the same rules as for a folder (video
+    extensions, hidden parts skipped, the first key in sorted order wins). The listing is the contract:
+    a download to a URL uploads a video only whole and validated, and never its partial files."""
+    from howto_prep.object_store import Store
+
+    store = Store.for_url(url)
+    store.check_access()
+    found: dict[str, str] = {}
+    for key, _ in sorted(store.iter_objects()):
+        parts = key.split("/")
+        stem, dot, extension = parts[-1].rpartition(".")
+        if any(part.startswith(".") for part in parts) or not dot or f".{extension.lower()}" not in VIDEO_EXTENSIONS:
+            continue
+        found.setdefault(stem, store.url_of(key))
+    return found
+
+
+def find_videos(videos_dir: VideoRef) -> dict[str, VideoRef]:
     """id -> file of the videos to extract.
 
     When `videos_dir` holds a download's manifest.sqlite, the manifest is the contract: exactly the
@@ -29,6 +55,10 @@ def find_videos(videos_dir: Path) -> dict[str, Path]:
     never taken). Without a manifest, every video file under the folder, skipping hidden files and
     hidden folders; when one id has several files, the first in sorted order wins.
     """
+    from howto_prep.object_store import is_url
+
+    if is_url(videos_dir):
+        return dict(find_stored_videos(str(videos_dir)))
     videos_dir = Path(videos_dir)
     if not videos_dir.is_dir():
         raise UserError(f"--videos {videos_dir} is not a folder")

@@ -47,7 +47,7 @@ class ClipAnnotations:
 class ExtractPlan:
     """Where the videos are, what to compute from them, and where the shard set goes."""
 
-    videos_dir: Path
+    videos_dir: Path | str  # a folder, or an s3:// / gs:// URL
     out: Path
     features: tuple[str, ...] = schema.ALL_FEATURE_NAMES
     captions: Path | None = None
@@ -99,7 +99,8 @@ def plan_from_args(args: argparse.Namespace) -> ExtractPlan:
         raise UserError("--failure-storm must be at least 1 (identical failures in a row that stop the run)")
     out, store_url = output_folder(args.out, getattr(args, "work", None))
     # absolute: agents and decode tasks run in Ray workers, whose working folder is not this one
-    return ExtractPlan(videos_dir=absolute(args.videos), out=absolute(out), store_url=store_url, features=features,
+    videos = args.videos if is_store_url(args.videos) else absolute(args.videos)
+    return ExtractPlan(videos_dir=videos, out=absolute(out), store_url=store_url, features=features,
                        captions=absolute(args.captions), word2vec=absolute(args.word2vec), csv=absolute(args.csv),
                        weights_2d=args.weights_2d, weights_3d=args.weights_3d,
                        gpus=args.gpus, gpu_share=args.gpu_share, workers=args.workers,

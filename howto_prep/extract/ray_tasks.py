@@ -8,7 +8,9 @@ one video are alive at a time.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,14 +34,36 @@ def decode_stream(path: str, want_1fps: bool, want_24fps: bool, want_logmel: boo
     `decoder_threads`: H.264 decoder threads (0: FFmpeg's choice, cores + 1); see run.decoder_threads.
     """
     yield STARTED
-    reader = open_video(Path(path), num_threads=decoder_threads)
-    info = probe(reader)
-    header: dict[str, Any] = {"info": info.as_dict(), "logmel": None, "missing": {}, "audio_sample_rate": None}
-    if want_logmel:
-        header.update(audio_header(Path(path)))
-    yield header
-    if want_1fps or want_24fps:
-        yield from iterate_chunks(reader, info, want_1fps, want_24fps, chunk_seconds)
+    with local_video(path) as local:
+        reader = open_video(local, num_threads=decoder_threads)
+        info = probe(reader)
+        header: dict[str, Any] = {"info": info.as_dict(), "logmel": None, "missing": {}, "audio_sample_rate": None}
+        if want_logmel:
+            header.update(audio_header(local))
+        yield header
+        if want_1fps or want_24fps:
+            yield from iterate_chunks(reader, info, want_1fps, want_24fps, chunk_seconds)
+
+
+@contextlib.contextmanager
+def local_video(path: str) -> Iterator[Path]:
+    """The video as a local file: itself, or (an object URL) a whole copy in this node's temporary
+    folder, deleted when the decode ends. Decoding seeks; a download first keeps the decode's reads
+    local and a store fault (SystemFault after retries) apart from a bad file."""
+    from howto_prep.object_store import Store, is_url
+
+    if not is_url(path):
+        yield Path(path)
+        return
+    folder, _, name = path.rpartition("/")
+    handle, temp = tempfile.mkstemp(prefix="howto-video-", suffix=f"-{name}")
+    os.close(handle)
+    try:
+        Store.for_url(folder).get_file(name, temp)
+        yield Path(temp)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
 
 
 def audio_header(path: Path) -> dict[str, Any]:

@@ -114,7 +114,9 @@ def check_nodes(plan: ExtractPlan) -> None:
     """Every node must see the output and the inputs (a shared filesystem): checked before any work."""
     from howto_prep.node_check import check_nodes_see
 
-    paths = {"--out": plan.out, "--videos": plan.videos_dir}
+    paths = {"--out": plan.out}
+    if not isinstance(plan.videos_dir, str):  # a URL is read by each node from the store
+        paths["--videos"] = plan.videos_dir
     paths.update({option: path for option, path in (("--captions", plan.captions), ("--word2vec", plan.word2vec),
                                                     ("--csv", plan.csv)) if path is not None})
     check_nodes_see(paths)

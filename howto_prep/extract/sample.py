@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from howto_prep import schema
+from howto_prep.extract.inputs import VideoRef, source_name
 from howto_prep.decode import output_count, rows_3d
 from howto_prep.shards import npy_bytes
 
@@ -31,7 +31,7 @@ def expected_rows(duration: float) -> dict[str, int]:
             schema.RESNEXT101.name: rows_3d(output_count(duration, schema.FPS_3D))}
 
 
-def build_sample(video_id: str, path: Path, header: dict[str, Any], chunks: dict[int, dict[str, np.ndarray]],
+def build_sample(video_id: str, path: VideoRef, header: dict[str, Any], chunks: dict[int, dict[str, np.ndarray]],
                  names: list[str], feature_info: dict[str, dict], captions: dict | None,
                  csv_row: dict | None, vocab=None) -> Sample:
     """Concatenate chunk rows in order, check their counts, add captions, tokens and meta.json."""
@@ -65,7 +65,7 @@ def build_sample(video_id: str, path: Path, header: dict[str, Any], chunks: dict
     meta = {"video_id": video_id, "duration": info["duration"], "fps": info["fps"], "width": info["width"],
             "height": info["height"], "num_frames": info["num_frames"],
             "variable_frame_rate": info["variable_frame_rate"],
-            "audio_sample_rate": header.get("audio_sample_rate"), "source": path.name,
+            "audio_sample_rate": header.get("audio_sample_rate"), "source": source_name(path),
             **{column: csv_row.get(column) for column in schema.CSV_META_COLUMNS},
             "schema_version": schema.SCHEMA_VERSION, "extractor_version": schema.EXTRACTOR_VERSION,
             "features": {name: feature_info[name] for name in names if name in feature_info

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from howto_prep import schema, shards
 from howto_prep.errors import FailureKind
-from howto_prep.extract.inputs import load_csv_columns
+from howto_prep.extract.inputs import load_csv_columns, source_name
 from howto_prep.extract.plan import ExtractPlan
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def choose_work(plan: ExtractPlan, videos: dict[str, Path]) -> list[tuple[str, P
     failed = {} if plan.retry_failed else shards.read_failures(plan.out)
     todo = [(vid, path) for vid, path in videos.items() if vid not in done and vid not in failed]
     for vid, path in [item for item in todo if "." in item[0]]:
-        shards.record_failure(plan.out, vid, FailureKind.BAD_ID, f"{path.name}: a video id must not contain a dot")
+        shards.record_failure(plan.out, vid, FailureKind.BAD_ID, f"{source_name(path)}: a video id must not contain a dot")
     todo = [item for item in todo if "." not in item[0]]
     if plan.limit:
         todo = todo[:plan.limit]
