@@ -50,6 +50,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from proc_tree import status_kib  # noqa: E402 (bench/, next to this script)
+
 FULL_VIDEOS = 1_220_000
 FULL_CAPTION_LINES = 136_000_000
 FULL_WORDS = 3_000_000
@@ -432,16 +434,6 @@ def metadata(work: Path, fraction: float, synth: Synth, seed: int) -> Metadata:
 
 
 # --- measuring a driver ---------------------------------------------------------------------------
-
-def status_kib(pid: int, field: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
 
 def pids_naming(text: str) -> list[int]:
     """Processes (of this user) whose command line contains `text`."""

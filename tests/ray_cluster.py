@@ -421,3 +421,16 @@ def _kill(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+@contextlib.contextmanager
+def three_nodes_one_private(root: Path):  # type: ignore[no-untyped-def]
+    """head + w1 + w2, one CPU each; on w2, `root/nodelocal` is an empty node-local tmpfs (a test
+    skips where `unshare -m` is not allowed)."""
+    import pytest
+
+    if not RayCluster.can_unshare():
+        pytest.skip("needs root and `unshare -m` (a node with a node-local folder)")
+    with RayCluster(workers=2, private={"w2": root / "nodelocal"}) as cluster:
+        cluster.root = root
+        yield cluster

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from howto_prep import schema, shards
-from ray_cluster import RayCluster
+from ray_cluster import RayCluster, three_nodes_one_private
 
 pytestmark = pytest.mark.slow
 
@@ -179,11 +179,7 @@ def test_a_node_removed_mid_run_then_a_rerun_leaves_every_video_in_exactly_one_s
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     """head + w1 + w2, one CPU each; on w2, `root/nodelocal` is an empty node-local tmpfs."""
-    if not RayCluster.can_unshare():
-        pytest.skip("needs root and `unshare -m` (a node with a node-local folder)")
-    root = tmp_path_factory.mktemp("multinode")
-    with RayCluster(workers=2, private={"w2": root / "nodelocal"}) as cluster:
-        cluster.root = root
+    with three_nodes_one_private(tmp_path_factory.mktemp("multinode")) as cluster:
         yield cluster
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from howto_prep.node_check import TOKEN_PREFIX, _driver_probes, _remove_tokens, check_nodes_see, probe_node
-from ray_cluster import RayCluster
+from ray_cluster import RayCluster, three_nodes_one_private
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,11 +129,8 @@ def test_one_local_node_passes_in_well_under_a_second(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ a 3-node cluster
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    if not RayCluster.can_unshare():
-        pytest.skip("needs root and `unshare -m` (a node with a node-local folder)")
-    root = tmp_path_factory.mktemp("node_check")
-    with RayCluster(workers=2, private={"w2": root / "nodelocal"}) as cluster:
-        cluster.root = root
+    """head + w1 + w2, one CPU each; on w2, `root/nodelocal` is an empty node-local tmpfs."""
+    with three_nodes_one_private(tmp_path_factory.mktemp("node_check")) as cluster:
         yield cluster
 
 
