@@ -461,16 +461,20 @@ class Store:
 
     def modified(self, key: str) -> float:
         """When the object was last written, in epoch seconds by the store's clock."""
-        info = self._info(key)
-        for name in ("LastModified", "mtime", "updated", "last_modified"):
-            value = info.get(name)
-            if isinstance(value, datetime):
-                return value.timestamp()
-            if isinstance(value, (int, float)):
-                return float(value)
-            if isinstance(value, str):
-                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        raise SystemFault(f"object store: {self.url_of(key)} has no modification time")
+        seconds = modified_seconds(self._info(key))
+        if seconds is None:
+            raise SystemFault(f"object store: {self.url_of(key)} has no modification time")
+        return seconds
+
+    def list_info(self, prefix: str) -> dict[str, tuple[int, float | None]]:
+        """key -> (size, last modified in epoch seconds or None) of every object below `prefix`
+        (a folder such as `vocab`: small listings; `iter_objects` streams a whole root)."""
+        try:
+            found = self._call("list", prefix, lambda: self.fs.find(self.path(prefix), detail=True))
+        except FileNotFoundError:
+            found = {}
+        return {self.key_of(path): (int(info.get("size") or 0), modified_seconds(info))
+                for path, info in found.items() if info.get("type", "file") == "file"}
 
     def list(self, prefix_glob: str = "*") -> list[str]:
         """Keys below the root matching `prefix_glob` (fsspec glob: `*.json`, `vocab/parts/*`), sorted."""
@@ -566,6 +570,19 @@ class Store:
         """A seekable binary file of `key` (s3fs reads ahead in `block_size` blocks)."""
         options = {"block_size": block_size} if block_size else {}
         return self._call("open", key, lambda: self.fs.open(self.path(key), "rb", **options))
+
+
+def modified_seconds(info: dict) -> float | None:
+    """An fsspec info dict's modification time (each backend names it differently), epoch seconds."""
+    for name in ("LastModified", "mtime", "updated", "last_modified"):
+        value = info.get(name)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return None
 
 
 def _local_copy(source: Path, target: str) -> None:

@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from howto_prep.cli_support import local_path, main_for
+from howto_prep.cli_support import local_path, location, main_for
+
+SHARDS_HELP = "a shard-set folder, or an s3:// or gs:// URL (streamed; credentials the standard AWS/GCS way)"
 
 
 def add_command(sub: argparse._SubParsersAction, name: str, help_text: str, handler: str) -> argparse.ArgumentParser:
@@ -25,21 +27,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     pretrain = add_command(sub, "pretrain", "pretrain on HowTo100M-style shards", "mft_train.training.pretrain:run_pretrain")
-    pretrain.add_argument("--shards", type=local_path, required=True)
+    pretrain.add_argument("--shards", type=location, required=True, help=SHARDS_HELP)
     pretrain.add_argument("--out", type=local_path, required=True)
     pretrain.add_argument("--config", default=None, help="preset name (e.g. eao_small) or YAML path")
     pretrain.add_argument("--model", choices=["eao", "mcn"], default=None)
     pretrain.add_argument("--resume", action="store_true")
 
     finetune = add_command(sub, "finetune", "fine-tune a checkpoint on clip-level shards", "mft_train.training.finetune:run_finetune")
-    for flag in ("--init", "--shards", "--eval-shards", "--out"):
+    for flag in ("--init", "--out"):
         finetune.add_argument(flag, type=local_path, required=True)
+    for flag in ("--shards", "--eval-shards"):
+        finetune.add_argument(flag, type=location, required=True, help=SHARDS_HELP)
     finetune.add_argument("--config", default=None)
 
     evaluate = add_command(sub, "evaluate", "retrieval metrics of a checkpoint on clip-level shards",
                            "mft_train.evaluation.evaluate:run_evaluate")
     evaluate.add_argument("--checkpoint", type=local_path, required=True)
-    evaluate.add_argument("--shards", type=local_path, required=True)
+    evaluate.add_argument("--shards", type=location, required=True, help=SHARDS_HELP)
     evaluate.add_argument("--num-expected", type=int, default=None)
     evaluate.add_argument("--strategy", choices=["at_once", "clips"], default="at_once")
     evaluate.add_argument("--json", type=local_path, default=None)
@@ -56,15 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     embed = add_command(sub, "embed", "embed every video of a video-level shard set in windows, into a search index",
                         "mft_train.retrieval.embed:run_embed")
     embed.add_argument("--checkpoint", type=local_path, required=True, help="run folder or checkpoint file")
-    embed.add_argument("--shards", type=local_path, required=True, help="a video-level shard set")
+    embed.add_argument("--shards", type=location, required=True, help=f"a video-level shard set: {SHARDS_HELP}")
     embed.add_argument("--out", type=local_path, required=True, help="the index folder (rerun the same command to resume)")
     embed.add_argument("--window", type=float, default=None, help="window length in s (default: the pretraining clip)")
     embed.add_argument("--stride", type=float, default=None, help="s between window starts (default: half a window)")
     embed.add_argument("--batch", type=int, default=64, help="windows per forward pass")
     embed.add_argument("--index-type", choices=["auto", "flat", "ivf"], default="auto",
                        help="exact scan, inverted file, or by size (default)")
-    embed.add_argument("--vocab", type=local_path, default=None,
-                       help="shard set whose vocab/ queries use (default: --shards; same word2vec)")
+    embed.add_argument("--vocab", type=location, default=None,
+                       help="shard set (folder or URL) whose vocab/ queries use (default: --shards; same word2vec)")
 
     search = add_command(sub, "search", "the windows of an embedded collection that best match a text query",
                          "mft_train.retrieval.search:run_search")

@@ -31,12 +31,14 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from howto_prep.cli_support import Location
 from howto_prep.errors import UserError
 from howto_prep.schema import CLIPS_FILE, LOGMEL, MAX_WORDS, RESNEXT101
 from mft_train.data.batch import collate
 from mft_train.data.clips import ClipPlan, ClipSpec, clip_arrays
 from mft_train.data.reader import SkipPolicy, read_records
 from mft_train.data.shards import DecodedSample, ShardSet, WordTable, discover_shards
+from mft_train.data.store_set import is_store_url, read_set_file
 
 # Evaluation lengths of the paper's fine-tuning/evaluation protocol (docs/recipes.md sections 6-7).
 EVAL_LENGTHS: dict[str, tuple[int, int]] = {"youcook2": (72, 4608), "msrvtt": (48, 3072)}
@@ -53,7 +55,7 @@ class ClipSet:
     manifest: dict = field(default_factory=dict)
 
     @property
-    def root(self) -> Path:
+    def root(self) -> Location:
         return self.shards.root
 
     @property
@@ -100,18 +102,21 @@ class ClipSet:
         return EVAL_LENGTHS.get(self.benchmark, DEFAULT_EVAL_LENGTHS)
 
 
-def open_clip_set(root: Path) -> ClipSet:
-    """Check that `root` is a clip-level shard set (shards, vocab/, clips.json); UserError otherwise."""
-    root = Path(root)
+def open_clip_set(root: Location) -> ClipSet:
+    """Check that `root` (a folder or an s3:// / gs:// URL) is a clip-level shard set (shards, vocab/,
+    clips.json); UserError otherwise."""
+    root = root if is_store_url(root) else Path(root)
     shards = discover_shards(root)
-    manifest_path = root / CLIPS_FILE
-    if not manifest_path.is_file():
+    manifest_path = f"{root}/{CLIPS_FILE}" if is_store_url(root) else root / CLIPS_FILE
+    text = read_set_file(str(root), CLIPS_FILE) if is_store_url(root) else (
+        manifest_path.read_bytes() if manifest_path.is_file() else None)
+    if text is None:
         raise UserError(
             f"{root} has no {CLIPS_FILE}, so it is not a clip-level shard set; build one with "
             "`howto-prep extract --youcook2 FILE | --msrvtt FILE | --clips clips.csv`"
         )
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(text)
     except ValueError as err:
         raise UserError(f"{manifest_path} is not valid JSON ({err})") from None
     if not isinstance(manifest, dict):

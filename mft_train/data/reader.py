@@ -1,5 +1,5 @@
-"""The one way every command reads shards: local tars with random access, one layout-checked decode,
-and one skip policy that counts what it skipped.
+"""The one way every command reads shards: local tars with random access (s3:// and gs:// URLs
+streamed), one layout-checked decode, and one skip policy that counts what it skipped.
 
 Why one path: training, evaluation and `embed` read the same shard format, so a damaged shard or
 sample must be found by the same checks, skipped the same way (a warning, never a sleep: webdataset's
@@ -28,8 +28,10 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 import webdataset as wds
 
+from howto_prep.object_store import register_webdataset_schemes
 from howto_prep.schema import CAPTIONS_FIELD, LOGMEL, META_FIELD, RESNET152, RESNEXT101, TOKEN_OFFSETS_FIELD, TOKENS_FIELD
 from mft_train.data.shards import DecodedSample
+from mft_train.data.store_set import is_store_url, store_fault
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +110,9 @@ def _tar_members(sources: Iterable[dict], handler: Callable[[Exception], bool]) 
 
     webdataset streams every tar (`tarfile` mode "r|*"), which reads a member in 10 KiB pieces and
     joins them: for HowTo100M-sized samples (about 7 MB) that was the loader's largest cost. Local
-    files are opened seekable instead; other URLs go through webdataset unchanged. Members are
+    files are opened seekable instead; other URLs go through webdataset unchanged (s3:// and gs://
+    through fsspec; a store's refusal or persistent failure is a SystemFault, never a skipped
+    shard: mft_train.data.store_set). Members are
     skipped, grouped and reported exactly as webdataset does (`{}` marks the end of a shard); a
     shard that fails to open or read reaches the handler as a DamagedShard.
     """
@@ -117,7 +121,12 @@ def _tar_members(sources: Iterable[dict], handler: Callable[[Exception], bool]) 
         path = _local_path(url)
         if path is None:
             def remote_handler(exn: Exception, url: str = url) -> bool:
+                fault = store_fault(url, exn)  # the store refusing or failing is not the shard's damage
+                if fault is not None:
+                    raise fault from None
                 return handler(DamagedShard(url, exn))
+            if is_store_url(url):
+                register_webdataset_schemes()  # s3:// and gs:// through fsspec (idempotent; spawned workers too)
             yield from wds.tariterators.tar_file_expander(
                 wds.tariterators.url_opener([source], handler=remote_handler), handler=remote_handler)
             continue

@@ -1,7 +1,9 @@
-"""A shard set on disk: which shards are complete, its vocabulary, and the arrays of one decoded sample.
+"""A shard set (a folder, or a prefix on an object store): which shards are complete, its vocabulary,
+and the arrays of one decoded sample.
 
 Format: shards/README.md (schema version 1). A shard exists only when its JSON does (written last),
-so a half-written tar is never read. Reading the tars: mft_train.data.reader.
+so a half-written tar is never read. Reading the tars: mft_train.data.reader; a set at an s3:// or
+gs:// URL: mft_train.data.store_set.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from howto_prep.cli_support import Location, is_store_url
 from howto_prep.errors import UserError
 from howto_prep.schema import (
     INDEX_FILE,
@@ -25,9 +28,10 @@ from howto_prep.schema import (
 
 @dataclass(frozen=True)
 class ShardSet:
-    """The readable shards of a shard-set directory and their sample counts."""
+    """The readable shards of a shard set and their sample counts; `root` is its folder (a Path) or
+    its object-store URL (a str), and `urls` the shards' paths or URLs."""
 
-    root: Path
+    root: Location
     urls: list[str]
     counts: list[int]
 
@@ -36,11 +40,17 @@ class ShardSet:
         return sum(self.counts)
 
 
-def discover_shards(root: Path) -> ShardSet:
+def discover_shards(root: Location) -> ShardSet:
     """Shards listed by index.json (wids format), else every tar whose per-shard JSON exists.
 
     A shard exists only when its JSON does (it is written last), so a half-written tar is ignored.
+    `root` may be an s3:// or gs:// URL (mft_train.data.store_set: the same rule, on the store).
     """
+    if is_store_url(root):
+        from mft_train.data.store_set import discover_store_shards
+
+        urls, counts = discover_store_shards(str(root))
+        return ShardSet(str(root), urls, counts)
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"shard directory {root} does not exist")
@@ -74,8 +84,8 @@ class WordTable:
     parts are newer than the merged table (or it is missing), the table is assembled from them.
     """
 
-    def __init__(self, root: Path) -> None:
-        vocab = Path(root) / VOCAB_DIR
+    def __init__(self, root: Location) -> None:
+        vocab = vocab_root(root) / VOCAB_DIR
         ids_path, vectors_path = vocab / VOCAB_W2V_IDS, vocab / VOCAB_VECTORS
         parts = sorted((vocab / VOCAB_PARTS_DIR).glob(f"*.{VOCAB_W2V_IDS}"))
         merged = ids_path.is_file() and vectors_path.is_file()
@@ -97,6 +107,16 @@ class WordTable:
         if token_ids.size and not np.array_equal(self.w2v_ids[rows], token_ids):
             raise ValueError("a token id is missing from vocab/w2v_ids.npy")
         return np.asarray(self.vectors[rows], dtype=np.float32)
+
+
+def vocab_root(root: Location) -> Path:
+    """The local folder holding the set's vocab/: the set's own folder, or for a URL a local copy
+    of the store's vocab/ (downloaded once, then memory-mapped like the disk's)."""
+    if is_store_url(root):
+        from mft_train.data.store_set import vocab_folder
+
+        return vocab_folder(str(root))
+    return Path(root)
 
 
 def _assemble_parts(parts: list[Path], merged: tuple[Path, Path] | None) -> tuple[np.ndarray, np.ndarray]:

@@ -19,14 +19,14 @@ import math
 import random
 import zlib
 from dataclasses import dataclass, replace
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from howto_prep.errors import UserError
+from howto_prep.errors import ToolError, UserError
 from mft_train.config import ORDERS
 from mft_train.data.batch import collate_blocks, video_clip_block
 from mft_train.data.clips import ClipSpec
@@ -160,6 +160,29 @@ def make_loader(shards: ShardSet, spec: ClipSpec, plan: LoaderPlan, workers: int
         pin_memory=plan.pin_memory,
         worker_init_fn=ignore_stop_signals if workers else None,  # a stop signal is the trainer's to handle
     )
+
+
+def one_line_worker_errors(batches: Iterable[dict]) -> Iterator[dict]:
+    """The batches of a loader, with a ToolError raised in a DataLoader worker (a store refusing,
+    bad input) re-raised as its own one-line message: torch re-raises it in the main process with
+    the worker's whole traceback as its text, which the CLI would print.
+
+    The workers are shut down as soon as the batches end, fail or are no longer wanted: a failed
+    loader's iterator lives on in reference cycles (its exception's traceback), and at exit
+    multiprocessing would wait forever for workers that ignore SIGTERM (ignore_stop_signals)."""
+    iterator = iter(batches)
+    try:
+        yield from iterator
+    except ToolError as err:
+        text = str(err)
+        if "\n" not in text or "DataLoader worker" not in text.split("\n", 1)[0]:
+            raise
+        last = text.rstrip().splitlines()[-1]  # "howto_prep.errors.SystemFault: <the one line>"
+        raise type(err)(last.split(": ", 1)[1] if ": " in last else last) from None
+    finally:
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's multi-process iterator
+        if shutdown is not None:
+            shutdown()
 
 
 def batches_per_epoch(shards: ShardSet, global_videos: int) -> int:

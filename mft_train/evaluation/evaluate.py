@@ -18,11 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from howto_prep.cli_support import Location
 from howto_prep.errors import UserError
 from mft_train.config import RunConfig
 from mft_train.data.clips import clip_spec
 from mft_train.data.eval_sets import ClipSet, clip_batches, open_clip_set, sentence_batches
 from mft_train.data.reader import SkipPolicy
+from mft_train.data.store_set import is_store_url, url_name
 from mft_train.evaluation.encode import encode_clips
 from mft_train.evaluation.report import format_table, report_title, save_report
 from mft_train.evaluation.scoring import COMBINATIONS, SentenceQueries, combo_name, score_embeddings, similarities_for
@@ -55,8 +57,10 @@ def load_weights(model: nn.Module, state: dict) -> None:
         raise UserError(f"{state.get('path', 'the checkpoint')} does not match its model config ({str(err).splitlines()[0]})") from None
 
 
-def default_json_path(checkpoint: Path, shards: Path) -> Path:
-    return Path(checkpoint).with_name(f"{Path(checkpoint).stem}-eval-{Path(shards).resolve().name}.json")
+def default_json_path(checkpoint: Path, shards: Location) -> Path:
+    """`<checkpoint stem>-eval-<set name>.json` beside the checkpoint (a URL's last part names its set)."""
+    name = url_name(shards) if is_store_url(shards) else Path(shards).resolve().name
+    return Path(checkpoint).with_name(f"{Path(checkpoint).stem}-eval-{name}.json")
 
 
 def evaluate_checkpoint(state: dict, clip_set: ClipSet, strategy: str = "at_once", num_expected: int | None = None,
@@ -165,7 +169,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         apply_override(raw, override)
     config = RunConfig.from_dict(raw, where=state["path"])
     state["config"] = config.to_dict()
-    clip_set = open_clip_set(Path(args.shards))
+    clip_set = open_clip_set(args.shards)  # a folder, or an s3:// / gs:// URL
     if args.num_expected is not None and args.num_expected < clip_set.num_clips:
         raise UserError(f"--num-expected {args.num_expected} is smaller than the {clip_set.num_clips} clips in {args.shards}")
     device = choose_device(config.train.device, available_device())
@@ -174,7 +178,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for similarity, results in report["results"].items():
         print(format_table(results, report["num_expected"], report_title(report, similarity)))
         print()
-    json_path, png, queries = save_report(report, args.json or default_json_path(Path(state["path"]), Path(args.shards)))
+    json_path, png, queries = save_report(report, args.json or default_json_path(Path(state["path"]), args.shards))
     print(f"evaluate: wrote {json_path}, {queries} (one line per query) and {png}", file=sys.stderr)
     skips.report("evaluate")
     return 0

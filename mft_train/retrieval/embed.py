@@ -28,10 +28,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from howto_prep import schema
+from howto_prep.cli_support import Location
 from howto_prep.errors import UserError
 from mft_train.config import RunConfig
 from mft_train.data.reader import SkipPolicy, read_records
-from mft_train.data.shards import DecodedSample, ShardSet, WordTable, discover_shards
+from mft_train.data.shards import DecodedSample, ShardSet, WordTable, discover_shards, vocab_root
+from mft_train.data.store_set import is_store_url, open_store, shard_record
 from mft_train.evaluation.evaluate import model_from_checkpoint
 from mft_train.interop.safe_load import load_weights_only
 from mft_train.presets import apply_override
@@ -74,6 +76,13 @@ def pretraining_clip(state: dict, config: RunConfig) -> tuple[float, int, int]:
 
 def shard_identity(url: str) -> str:
     """What a shard is: its per-shard JSON's sha256, else the tar's size and modification time."""
+    if is_store_url(url):
+        digest = (shard_record(url) or {}).get("sha256")
+        if digest:
+            return f"sha256:{digest}"
+        root, _, name = url.rpartition("/")
+        store = open_store(root)
+        return f"bytes:{store.size(name)}:modified:{store.modified(name)}"
     tar = Path(url)
     try:
         digest = json.loads(tar.with_suffix(".json").read_text()).get("sha256")
@@ -83,13 +92,14 @@ def shard_identity(url: str) -> str:
     return f"sha256:{digest}" if digest else f"bytes:{stat.st_size}:mtime_ns:{stat.st_mtime_ns}"
 
 
-def vocab_identity(root: Path, given: bool) -> dict:
-    """Fingerprints of the vocabulary files queries will be tokenised with (checked at search time)."""
-    vocab = Path(root) / schema.VOCAB_DIR
+def vocab_identity(root: Location, given: bool) -> dict:
+    """Fingerprints of the vocabulary files queries will be tokenised with (checked at search time).
+    A set on a store is fingerprinted through its local copy (the same bytes) and recorded by URL."""
     try:
-        words = WordTable(root)
+        folder = vocab_root(root)  # for a URL, the local copy (downloaded once)
+        vocab, words = folder / schema.VOCAB_DIR, WordTable(folder)
     except UserError as err:
-        words, problem = None, str(err)
+        vocab, words, problem = Path(str(root)) / schema.VOCAB_DIR, None, str(err)
     if words is not None and len(words.w2v_ids) == 0:
         problem = f"{vocab} holds no word (its videos had no captions)"
     missing = [name for name in (schema.VOCAB_WORDS, schema.VOCAB_VECTORS) if not (vocab / name).is_file()]
@@ -99,17 +109,22 @@ def vocab_identity(root: Path, given: bool) -> dict:
         hint = "" if given else ("; pass --vocab with a shard set tokenised with the same word2vec file "
                                  "(e.g. the pretraining shards)")
         raise UserError(f"queries need a vocabulary: {problem}{hint}")
-    return {"root": str(Path(root).resolve()), "words": fingerprint(vocab / schema.VOCAB_WORDS),
+    return {"root": location_name(root), "words": fingerprint(vocab / schema.VOCAB_WORDS),
             "vectors": fingerprint(vocab / schema.VOCAB_VECTORS)}
 
 
-def shard_samples(url: str, root: Path, skips: SkipPolicy | None = None) -> Iterator[tuple[DecodedSample, dict]]:
+def location_name(root: Location) -> str:
+    """How an index records a set: its URL, or its folder's absolute path."""
+    return str(root) if is_store_url(root) else str(Path(root).resolve())
+
+
+def shard_samples(url: str, root: Location, skips: SkipPolicy | None = None) -> Iterator[tuple[DecodedSample, dict]]:
     """(decoded sample, its captions) of one shard in order; what cannot be read is skipped by `skips`
     (a warning, counted: the command says how many at its end)."""
     for key, meta, record in read_records([url], skips if skips is not None else SkipPolicy()):
         if meta.get("kind") == "clip":
             raise UserError(f"{root} is a clip-level set (sample {key} is a clip); give its video-level set, "
-                            f"e.g. {root / 'video-level'}")
+                            f"e.g. {root}/video-level")
         captions = {"start": record.caption_starts.tolist(), "end": record.caption_ends.tolist(),
                     "text": list(record.caption_texts)}
         yield record, captions
@@ -151,7 +166,7 @@ class WindowEmbedder:
         return result
 
 
-def embed_shard(embedder: WindowEmbedder, url: str, root: Path, spec: WindowSpec, batch_size: int,
+def embed_shard(embedder: WindowEmbedder, url: str, root: Location, spec: WindowSpec, batch_size: int,
                 bar: tqdm, skips: SkipPolicy | None = None) -> tuple[dict, dict]:
     """Every window of every video of one shard -> (part arrays, stats)."""
     ids: list[str] = []
@@ -193,7 +208,7 @@ def identity_of(state: dict, shards: ShardSet, vocab: dict, spec: WindowSpec) ->
     config = state["config"]
     return {
         "model": {"checkpoint": fingerprint(Path(state["path"])), "step": state.get("step"), "config": config},
-        "shards": {"root": str(Path(shards.root).resolve())},
+        "shards": {"root": location_name(shards.root)},
         "vocab": vocab,
         "windows": spec.to_dict(),
     }
@@ -215,8 +230,8 @@ def run_embed(args: argparse.Namespace) -> int:
         raise UserError(f"--batch must be positive, got {args.batch}")
     state = checkpoint_state(Path(args.checkpoint), list(args.overrides or []))
     config = RunConfig.from_dict(state["config"], where=state["path"])
-    shards = discover_shards(Path(args.shards))
-    vocab = vocab_identity(Path(args.vocab) if args.vocab else Path(args.shards), args.vocab is not None)
+    shards = discover_shards(args.shards)  # a folder, or an s3:// / gs:// URL
+    vocab = vocab_identity(args.vocab if args.vocab else args.shards, args.vocab is not None)
     spec = window_spec(*pretraining_clip(state, config), args.window, args.stride)
     vectors.choose_type(args.index_type, 0)  # a bad --index-type fails before any work
     out = Path(args.out)
@@ -244,7 +259,7 @@ def run_embed(args: argparse.Namespace) -> int:
         if finished:
             continue
         started = time.perf_counter()
-        part, stats = embed_shard(embedder, url, Path(args.shards), spec, args.batch, bar, skips)
+        part, stats = embed_shard(embedder, url, shards.root, spec, args.batch, bar, skips)
         index_store.write_part(path, identity=ident, **part)
         new["seconds"] += time.perf_counter() - started
         for key in ("windows", "videos", "video_seconds"):

@@ -18,10 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from howto_prep import schema
+from howto_prep.cli_support import Location, location
 from howto_prep.errors import UserError
 from howto_prep.features.tokens import tokenize
 from mft_train.config import RunConfig
 from mft_train.data.shards import WordTable
+from mft_train.data.shards import vocab_root as local_vocab  # (QueryEncoder has a parameter named vocab_root)
 from mft_train.evaluation.evaluate import model_from_checkpoint
 from mft_train.retrieval.embed import checkpoint_state
 from mft_train.retrieval.fingerprint import same_file
@@ -44,14 +46,14 @@ class QueryWords:
 class Vocabulary:
     """words.txt + vectors.npy of a shard set (the row of a word in words.txt is its vector's row)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Location) -> None:
         self.table = WordTable(root)  # checks the ids and vectors and their shapes
-        path = Path(root) / schema.VOCAB_DIR / schema.VOCAB_WORDS
+        path = local_vocab(root) / schema.VOCAB_DIR / schema.VOCAB_WORDS
         if not path.is_file():
             raise UserError(f"{path} is missing (an unfinished extraction?); queries need the words of the vocabulary")
         words = path.read_text().splitlines()
         if len(words) != len(self.table.w2v_ids):
-            raise UserError(f"{Path(root) / schema.VOCAB_DIR} has {len(words)} words but {len(self.table.w2v_ids)} vectors")
+            raise UserError(f"{path.parent} has {len(words)} words but {len(self.table.w2v_ids)} vectors")
         self.row = {word: i for i, word in enumerate(words)}
 
     def split(self, text: str, max_words: int) -> QueryWords:
@@ -84,12 +86,13 @@ class QueryEncoder:
             raise UserError(f"{state['path']} is not the checkpoint the index was embedded with "
                             f"({recorded['path']}, sha256 {recorded['sha256'][:12]}); rebuild the index or pass that file")
         vocab = manifest["vocab"]
-        root = Path(vocab_root) if vocab_root else Path(vocab["root"])
-        files = root / schema.VOCAB_DIR
+        root = Path(vocab_root) if vocab_root else location(vocab["root"])  # an index of a set on a store: its URL
+        folder = local_vocab(root)  # for a URL, the local copy of the store's vocab/ (downloaded once)
+        files = folder / schema.VOCAB_DIR
         if not (same_file(vocab["words"], files / schema.VOCAB_WORDS) and same_file(vocab["vectors"], files / schema.VOCAB_VECTORS)):
             raise UserError(f"{files} is not the vocabulary the index was built with ({vocab['root']}/{schema.VOCAB_DIR}); "
                             "pass --vocab with a shard set holding the same vocab/")
-        self.vocab = Vocabulary(root)
+        self.vocab = Vocabulary(folder)
         self.config = RunConfig.from_dict(state["config"], where=state["path"])
         self.device = choose_device(self.config.train.device, available_device())
         self.model = model_from_checkpoint(state).to(self.device).eval()

@@ -136,8 +136,8 @@ class EvaluateEachEpoch:
 def run_finetune(args: argparse.Namespace) -> int:
     """Check the inputs (checkpoint, both clip sets, config, out dir), then fine-tune and report."""
     init_state = checkpoints.load_checkpoint(Path(args.init))
-    train_set = open_clip_set(Path(args.shards))
-    eval_set = open_clip_set(Path(args.eval_shards))
+    train_set = open_clip_set(args.shards)  # folders, or s3:// / gs:// URLs
+    eval_set = open_clip_set(args.eval_shards)
     config = finetune_config(args.config, args.overrides, init_state["config"]["model"], train_set.benchmark)
     run_dir = Path(args.out)
     if (run_dir / checkpoints.BEST_FILE).exists() or checkpoints.latest_checkpoint(run_dir) is not None:

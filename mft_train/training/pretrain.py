@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Iterable
 
-from torch.utils.data import DataLoader
-
+from howto_prep.cli_support import Location
 from mft_train.config import RunConfig
 from mft_train.data.clips import clip_spec
 from mft_train.data.shards import WordTable, discover_shards
-from mft_train.data.stream import LoaderPlan, batches_per_epoch, make_loader
+from mft_train.data.stream import LoaderPlan, batches_per_epoch, make_loader, one_line_worker_errors
 from mft_train.presets import load_config
 from mft_train.training.distributed import (
     DistInfo,
@@ -28,9 +28,10 @@ class ShardStream:
     """Pretraining batches: `train.batch` videos per global step, `data.clips_per_video` random clips each.
 
     An epoch is `train.steps_per_epoch` steps, or (0) one pass's worth of the shard set's videos.
+    `shards_dir` is a folder or an s3:// / gs:// URL (streamed: mft_train.data.store_set).
     """
 
-    def __init__(self, shards_dir: Path, config: RunConfig, dist_info: DistInfo) -> None:
+    def __init__(self, shards_dir: Location, config: RunConfig, dist_info: DistInfo) -> None:
         self.shards = discover_shards(shards_dir)
         self.config, self.dist = config, dist_info
         self.spec = clip_spec(config.data)
@@ -38,7 +39,7 @@ class ShardStream:
         self.steps_per_epoch = config.train.steps_per_epoch or batches_per_epoch(self.shards, config.train.batch)
         self.clips_per_step = config.train.batch * config.data.clips_per_video
 
-    def batches(self, first_step: int, count: int) -> DataLoader:
+    def batches(self, first_step: int, count: int) -> Iterable[dict]:
         data = self.config.data
         plan = LoaderPlan(
             videos_per_rank=self.videos_per_rank,
@@ -52,10 +53,10 @@ class ShardStream:
             order=data.order,
             shuffle_buffer=data.shuffle_buffer,
         )
-        return make_loader(self.shards, self.spec, plan, data.workers)
+        return one_line_worker_errors(make_loader(self.shards, self.spec, plan, data.workers))
 
 
-def train(config: RunConfig, shards_dir: Path, run_dir: Path, dist_info: DistInfo, resume: bool = False,
+def train(config: RunConfig, shards_dir: Location, run_dir: Path, dist_info: DistInfo, resume: bool = False,
           max_steps: int | None = None) -> TrainResult:
     """Pretrain (resuming if asked); returns the losses of the steps this call ran (mean over ranks)."""
     prepare_run_dir(run_dir, config, resume, dist_info.is_main)
@@ -71,11 +72,11 @@ def train(config: RunConfig, shards_dir: Path, run_dir: Path, dist_info: DistInf
 def run_pretrain(args: argparse.Namespace) -> int:
     """Validate everything cheap first (config, shards, vocabulary), then train; bad input -> UserError."""
     config = load_config(args.config, args.overrides, args.model)
-    shards = discover_shards(Path(args.shards))
+    shards = discover_shards(args.shards)  # a folder, or an s3:// / gs:// URL (cli_support.location)
     WordTable(shards.root)  # fail before the model is built if the vocabulary is missing
     dist_info = init_distributed(force_cpu=config.train.device == "cpu")
     try:
-        result = train(config, Path(args.shards), Path(args.out), dist_info, resume=bool(args.resume))
+        result = train(config, args.shards, Path(args.out), dist_info, resume=bool(args.resume))
     finally:
         shutdown_distributed()
     if dist_info.is_main:
