@@ -9,6 +9,10 @@ from typing import Sequence
 from howto_prep.cli_support import local_path, location, main_for
 
 SHARDS_HELP = "a shard-set folder, or an s3:// or gs:// URL (streamed; credentials the standard AWS/GCS way)"
+OUT_HELP = ("the run folder, or an s3:// or gs:// URL (written through a local --work folder; each checkpoint "
+            "is uploaded as soon as it is saved, latest.json last)")
+WORK_HELP = "with a URL --out: the local work folder (default .howto-prep/work/SCHEME/BUCKET/PREFIX here)"
+CHECKPOINT_HELP = "run folder or checkpoint file, or its s3:// / gs:// URL (downloaded once into the cache)"
 
 
 def add_command(sub: argparse._SubParsersAction, name: str, help_text: str, handler: str) -> argparse.ArgumentParser:
@@ -28,21 +32,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     pretrain = add_command(sub, "pretrain", "pretrain on HowTo100M-style shards", "mft_train.training.pretrain:run_pretrain")
     pretrain.add_argument("--shards", type=location, required=True, help=SHARDS_HELP)
-    pretrain.add_argument("--out", type=local_path, required=True)
+    pretrain.add_argument("--out", type=location, required=True, help=OUT_HELP)
+    pretrain.add_argument("--work", type=local_path, default=None, help=WORK_HELP)
     pretrain.add_argument("--config", default=None, help="preset name (e.g. eao_small) or YAML path")
     pretrain.add_argument("--model", choices=["eao", "mcn"], default=None)
     pretrain.add_argument("--resume", action="store_true")
 
     finetune = add_command(sub, "finetune", "fine-tune a checkpoint on clip-level shards", "mft_train.training.finetune:run_finetune")
-    for flag in ("--init", "--out"):
-        finetune.add_argument(flag, type=local_path, required=True)
+    finetune.add_argument("--init", type=location, required=True, help=CHECKPOINT_HELP)
+    finetune.add_argument("--out", type=location, required=True, help=OUT_HELP)
+    finetune.add_argument("--work", type=local_path, default=None, help=WORK_HELP)
     for flag in ("--shards", "--eval-shards"):
         finetune.add_argument(flag, type=location, required=True, help=SHARDS_HELP)
     finetune.add_argument("--config", default=None)
 
     evaluate = add_command(sub, "evaluate", "retrieval metrics of a checkpoint on clip-level shards",
                            "mft_train.evaluation.evaluate:run_evaluate")
-    evaluate.add_argument("--checkpoint", type=local_path, required=True)
+    evaluate.add_argument("--checkpoint", type=location, required=True, help=CHECKPOINT_HELP)
     evaluate.add_argument("--shards", type=location, required=True, help=SHARDS_HELP)
     evaluate.add_argument("--num-expected", type=int, default=None)
     evaluate.add_argument("--strategy", choices=["at_once", "clips"], default="at_once")
@@ -59,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     embed = add_command(sub, "embed", "embed every video of a video-level shard set in windows, into a search index",
                         "mft_train.retrieval.embed:run_embed")
-    embed.add_argument("--checkpoint", type=local_path, required=True, help="run folder or checkpoint file")
+    embed.add_argument("--checkpoint", type=location, required=True, help=CHECKPOINT_HELP)
     embed.add_argument("--shards", type=location, required=True, help=f"a video-level shard set: {SHARDS_HELP}")
     embed.add_argument("--out", type=local_path, required=True, help="the index folder (rerun the same command to resume)")
     embed.add_argument("--window", type=float, default=None, help="window length in s (default: the pretraining clip)")

@@ -29,6 +29,7 @@ SLOW_MODULES = {  # slow as a whole: Ray, CLI child processes, torchrun, ffmpeg,
     "test_embed_search",  # the whole embed + index pipeline on a trained model, once per module
     "test_download_object_store",  # downloads to a moto S3 server, one run on a local Ray
     "test_train_object_store",  # pretrain/evaluate/embed from a moto S3 server, a CLI child process
+    "test_run_object_store",  # run folders and checkpoints on a moto S3 server: pretrain, resume, finetune
 }
 SLOW_NAMES = frozenset({"subprocess", "ray"})  # a test whose own code uses these starts a process or a cluster
 

@@ -32,6 +32,7 @@ from mft_train.models import build_model
 from mft_train.presets import apply_override
 from mft_train.training.checkpoints import load_checkpoint
 from mft_train.training.device import available_device, choose_device
+from mft_train.training.run_store import local_checkpoint
 
 
 def evaluate_model(model: nn.Module, loader: Iterable[dict], num_expected: int | None = None,
@@ -61,6 +62,13 @@ def default_json_path(checkpoint: Path, shards: Location) -> Path:
     """`<checkpoint stem>-eval-<set name>.json` beside the checkpoint (a URL's last part names its set)."""
     name = url_name(shards) if is_store_url(shards) else Path(shards).resolve().name
     return Path(checkpoint).with_name(f"{Path(checkpoint).stem}-eval-{name}.json")
+
+
+def report_base(checkpoint: Location, state: dict) -> Path:
+    """The checkpoint the default report sits beside: the file read, or, for a URL (read from the
+    cache), its name in the current folder."""
+    path = Path(state["path"])
+    return Path(path.name) if is_store_url(checkpoint) else path
 
 
 def evaluate_checkpoint(state: dict, clip_set: ClipSet, strategy: str = "at_once", num_expected: int | None = None,
@@ -163,7 +171,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Check the inputs cheaply (checkpoint, clip set, --num-expected), then encode, score, print, save."""
     if args.num_expected is not None and args.num_expected <= 0:
         raise UserError(f"--num-expected must be a positive number of clips, got {args.num_expected}")
-    state = load_checkpoint(Path(args.checkpoint))
+    state = load_checkpoint(local_checkpoint(args.checkpoint))  # a URL: downloaded once into the cache
     raw = dict(state["config"])
     for override in getattr(args, "overrides", None) or []:
         apply_override(raw, override)
@@ -178,7 +186,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for similarity, results in report["results"].items():
         print(format_table(results, report["num_expected"], report_title(report, similarity)))
         print()
-    json_path, png, queries = save_report(report, args.json or default_json_path(Path(state["path"]), args.shards))
+    json_path, png, queries = save_report(report, args.json or default_json_path(report_base(args.checkpoint, state), args.shards))
     print(f"evaluate: wrote {json_path}, {queries} (one line per query) and {png}", file=sys.stderr)
     skips.report("evaluate")
     return 0

@@ -42,11 +42,13 @@ from mft_train.retrieval.fingerprint import fingerprint
 from mft_train.retrieval.windows import WindowSpec, window_bounds, window_inputs, window_spec
 from mft_train.training.checkpoints import load_checkpoint
 from mft_train.training.device import autocast_context, available_device, choose_device, move_batch
+from mft_train.training.run_store import local_checkpoint
 
 
-def checkpoint_state(path: Path, overrides: list[str]) -> dict:
-    """The checkpoint dict with its config checked (and --set applied, e.g. train.device=cpu)."""
-    state = load_checkpoint(Path(path))
+def checkpoint_state(path: Location, overrides: list[str]) -> dict:
+    """The checkpoint dict with its config checked (and --set applied, e.g. train.device=cpu); a URL's
+    checkpoint is downloaded once into the cache (its fingerprint is the file's, as for a local one)."""
+    state = load_checkpoint(local_checkpoint(path))
     raw = dict(state["config"])
     for override in overrides:
         apply_override(raw, override)
@@ -228,7 +230,7 @@ def run_embed(args: argparse.Namespace) -> int:
     """Check the inputs, then embed the shards not yet embedded, then build the vector indexes."""
     if args.batch <= 0:
         raise UserError(f"--batch must be positive, got {args.batch}")
-    state = checkpoint_state(Path(args.checkpoint), list(args.overrides or []))
+    state = checkpoint_state(args.checkpoint, list(args.overrides or []))
     config = RunConfig.from_dict(state["config"], where=state["path"])
     shards = discover_shards(args.shards)  # a folder, or an s3:// / gs:// URL
     vocab = vocab_identity(args.vocab if args.vocab else args.shards, args.vocab is not None)

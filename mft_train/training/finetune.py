@@ -32,6 +32,7 @@ from mft_train.training import checkpoints
 from mft_train.training.distributed import DistInfo, init_distributed, share_per_rank, shutdown_distributed
 from mft_train.training.finetune_report import print_and_save_results
 from mft_train.training.run_folder import prepare_run_dir
+from mft_train.training.run_store import RunMirror, local_checkpoint, run_location
 from mft_train.training.trainer import Trainer
 
 PRESET_BY_BENCHMARK = {"youcook2": "eao_finetune_youcook2", "msrvtt": "eao_finetune_msrvtt"}
@@ -104,8 +105,10 @@ class EvaluateEachEpoch:
     """Trainer hooks: evaluate on the held-out clips before training and after every epoch (rank 0),
     keep the best epoch as best.pt, and hand its R@1/5/10 to TensorBoard."""
 
-    def __init__(self, config: RunConfig, eval_set: ClipSet, run_dir: Path, init_path: str | None) -> None:
+    def __init__(self, config: RunConfig, eval_set: ClipSet, run_dir: Path, init_path: str | None,
+                 mirror: RunMirror | None = None) -> None:
         self.config, self.eval_set, self.run_dir, self.init_path = config, eval_set, Path(run_dir), init_path
+        self.mirror = mirror
         self.history: list[dict] = []
         self.best: dict | None = None
 
@@ -130,25 +133,28 @@ class EvaluateEachEpoch:
             best = {"model": trainer.model.state_dict(), "config": self.config.to_dict(), "epoch": epoch,
                     "step": trainer.step, "metrics": results, "init": self.init_path}
             checkpoints.save_checkpoint(best, self.run_dir / checkpoints.BEST_FILE)
+            if self.mirror is not None:
+                self.mirror.publish_file(checkpoints.BEST_FILE)  # whole: a reader sees the old or the new one
         return {f"eval/{combo}/{name}": metrics[name] for combo, metrics in results.items() for name in EVAL_SCALARS}
 
 
 def run_finetune(args: argparse.Namespace) -> int:
     """Check the inputs (checkpoint, both clip sets, config, out dir), then fine-tune and report."""
-    init_state = checkpoints.load_checkpoint(Path(args.init))
+    init_state = checkpoints.load_checkpoint(local_checkpoint(args.init))  # a URL: downloaded once
     train_set = open_clip_set(args.shards)  # folders, or s3:// / gs:// URLs
     eval_set = open_clip_set(args.eval_shards)
     config = finetune_config(args.config, args.overrides, init_state["config"]["model"], train_set.benchmark)
-    run_dir = Path(args.out)
-    if (run_dir / checkpoints.BEST_FILE).exists() or checkpoints.latest_checkpoint(run_dir) is not None:
-        raise UserError(f"{run_dir} already holds a fine-tuning run; choose another --out")
+    run_dir, mirror = run_location(args.out, getattr(args, "work", None))
+    if ((run_dir / checkpoints.BEST_FILE).exists() or checkpoints.latest_checkpoint(run_dir) is not None
+            or (mirror is not None and mirror.holds_run())):
+        raise UserError(f"{mirror.url if mirror else run_dir} already holds a fine-tuning run; choose another --out")
     dist_info = init_distributed(force_cpu=config.train.device == "cpu")
     try:
         prepare_run_dir(run_dir, config, resume=False, is_main=dist_info.is_main)
         source = ClipEpochs(train_set, config, dist_info)
-        hooks = EvaluateEachEpoch(config, eval_set, run_dir, init_state.get("path"))
+        hooks = EvaluateEachEpoch(config, eval_set, run_dir, init_state.get("path"), mirror)
         trainer = Trainer(config, source, run_dir, dist_info, hooks=hooks,
-                          checkpoint_every=source.steps_per_epoch, name="finetune")
+                          checkpoint_every=source.steps_per_epoch, name="finetune", mirror=mirror)
         load_weights(trainer.model, init_state)
         trainer.model.eval()  # BatchNorm frozen: running statistics are used and never updated
         trainer.run()
@@ -156,4 +162,6 @@ def run_finetune(args: argparse.Namespace) -> int:
         shutdown_distributed()
     if dist_info.is_main:
         print_and_save_results(run_dir, hooks.history, hooks.best, init_state.get("path"), train_set, eval_set)
+        if mirror is not None:
+            mirror.publish_outputs()  # results.json, best-eval.*, eval/: after the checkpoints and best.pt
     return 0

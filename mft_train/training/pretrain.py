@@ -7,12 +7,15 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
+import torch
+
 from howto_prep.cli_support import Location
 from mft_train.config import RunConfig
 from mft_train.data.clips import clip_spec
 from mft_train.data.shards import WordTable, discover_shards
 from mft_train.data.stream import LoaderPlan, batches_per_epoch, make_loader, one_line_worker_errors
 from mft_train.presets import load_config
+from mft_train.training import checkpoints
 from mft_train.training.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -21,6 +24,7 @@ from mft_train.training.distributed import (
     shutdown_distributed,
 )
 from mft_train.training.run_folder import prepare_run_dir
+from mft_train.training.run_store import RunMirror, run_location
 from mft_train.training.trainer import Trainer, TrainResult
 
 
@@ -57,10 +61,18 @@ class ShardStream:
 
 
 def train(config: RunConfig, shards_dir: Location, run_dir: Path, dist_info: DistInfo, resume: bool = False,
-          max_steps: int | None = None) -> TrainResult:
-    """Pretrain (resuming if asked); returns the losses of the steps this call ran (mean over ranks)."""
-    prepare_run_dir(run_dir, config, resume, dist_info.is_main)
-    trainer = Trainer(config, ShardStream(shards_dir, config, dist_info), run_dir, dist_info)
+          max_steps: int | None = None, mirror: RunMirror | None = None) -> TrainResult:
+    """Pretrain (resuming if asked); returns the losses of the steps this call ran (mean over ranks).
+
+    `mirror`: the store copy of an --out URL (`run_dir` is then its work folder): on --resume the
+    two are brought level first (each machine's local rank 0), and every checkpoint is published."""
+    if mirror is not None and resume:
+        if dist_info.local_rank == 0:
+            mirror.sync_for_resume(publish=dist_info.is_main)
+        if dist_info.enabled:
+            torch.distributed.barrier()  # no rank looks for the checkpoint before its machine has it
+    prepare_run_dir(run_dir, config, resume, dist_info.is_main, mirror)
+    trainer = Trainer(config, ShardStream(shards_dir, config, dist_info), run_dir, dist_info, mirror=mirror)
     if resume:
         trainer.resume()
     result = trainer.run(max_steps)
@@ -74,16 +86,18 @@ def run_pretrain(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides, args.model)
     shards = discover_shards(args.shards)  # a folder, or an s3:// / gs:// URL (cli_support.location)
     WordTable(shards.root)  # fail before the model is built if the vocabulary is missing
+    run_dir, mirror = run_location(args.out, getattr(args, "work", None))
     dist_info = init_distributed(force_cpu=config.train.device == "cpu")
     try:
-        result = train(config, args.shards, Path(args.out), dist_info, resume=bool(args.resume))
+        result = train(config, args.shards, run_dir, dist_info, resume=bool(args.resume), mirror=mirror)
     finally:
         shutdown_distributed()
     if dist_info.is_main:
         if result.losses:
             print(
                 f"pretrain: steps {result.first_step}->{result.last_step}, loss {result.losses[0]:.4f} -> "
-                f"{result.losses[-1]:.4f}, checkpoint {result.checkpoint}",
+                f"{result.losses[-1]:.4f}, checkpoint {result.checkpoint}"
+                + (f" (published to {mirror.url}/{checkpoints.CHECKPOINT_DIR}/)" if mirror else ""),
                 file=sys.stderr,
             )
         else:

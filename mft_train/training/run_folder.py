@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -19,16 +20,24 @@ from mft_train.config import RunConfig
 from mft_train.presets import dump_config
 from mft_train.training.checkpoints import latest_checkpoint
 
+if TYPE_CHECKING:
+    from mft_train.training.run_store import RunMirror
+
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 TENSORBOARD_DIR = "tensorboard"
 
 
-def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, is_main: bool) -> None:
-    """Create the run folder and write config.yaml; refuse to mix runs without --resume."""
+def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, is_main: bool,
+                    mirror: RunMirror | None = None) -> None:
+    """Create the run folder and write config.yaml; refuse to mix runs without --resume (a run that
+    exists only on the store counts: `mirror`, the store copy of an --out URL)."""
     run_dir = Path(run_dir)
     if latest_checkpoint(run_dir) is not None and not resume:
-        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        where = mirror.url if mirror is not None else run_dir
+        raise UserError(f"{where} already holds a run; pass --resume to continue it or choose another --out")
+    if mirror is not None and not resume and mirror.holds_run():
+        raise UserError(f"{mirror.url} already holds a run; pass --resume to continue it or choose another --out")
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / CONFIG_FILE, dump_config(config))

@@ -80,14 +80,23 @@ class EpochHooks(Protocol):
     def after_epoch(self, trainer: Trainer, epoch: int, losses: list[float]) -> dict[str, float]: ...
 
 
+class CheckpointMirror(Protocol):
+    """Where checkpoints are copied after each local save (mft_train.training.run_store.RunMirror)."""
+
+    def publish_checkpoint(self, path: Path, step: int) -> None: ...
+
+    def prune(self, keep: int) -> None: ...
+
+
 class Trainer:
     """Owns the model, optimiser, scheduler, objective and step counter of one run."""
 
     def __init__(self, config: RunConfig, source: BatchSource, run_dir: Path, dist_info: DistInfo,
-                 hooks: EpochHooks | None = None, checkpoint_every: int | None = None, name: str = "pretrain") -> None:
+                 hooks: EpochHooks | None = None, checkpoint_every: int | None = None, name: str = "pretrain",
+                 mirror: CheckpointMirror | None = None) -> None:
         train = config.train
         self.config, self.source, self.run_dir, self.dist = config, source, Path(run_dir), dist_info
-        self.hooks, self.name = hooks, name
+        self.hooks, self.name, self.mirror = hooks, name, mirror
         self.checkpoint_every = checkpoint_every or train.checkpoint_every
         self.steps_per_epoch = source.steps_per_epoch
         self.total_steps = self.steps_per_epoch * train.epochs
@@ -134,10 +143,17 @@ class Trainer:
         }
 
     def save(self) -> Path:
+        """Rank 0: save locally; publish to the mirror (checkpoint whole, pointer last); then prune
+        locally and, once the pointer has moved past them, on the mirror."""
         path = checkpoints.checkpoint_path(self.run_dir, self.step)
         if self.dist.is_main:
+            keep = self.config.train.keep_checkpoints
             checkpoints.save_checkpoint(self.state(), path)
-            checkpoints.prune(self.run_dir, self.config.train.keep_checkpoints)
+            if self.mirror is not None:
+                self.mirror.publish_checkpoint(path, self.step)
+            checkpoints.prune(self.run_dir, keep)
+            if self.mirror is not None:
+                self.mirror.prune(keep)
         return path
 
     def resume(self) -> Path | None:
