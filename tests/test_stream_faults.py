@@ -9,6 +9,7 @@ Only order "stream" (training) promises to skip damaged data (mft_train/data/str
 
 from __future__ import annotations
 
+import io
 import tarfile
 from pathlib import Path
 
@@ -130,3 +131,26 @@ def test_a_sample_with_a_broken_feature_member_is_skipped_with_a_warning(shard_s
     seen = {video_id for batch in batches for video_id in batch["video_id"]}
     assert {"vid0000xx", "vid0002xx"} <= seen  # the damaged video's neighbours in its shard
     assert any(DAMAGED in text and field in text for text in warnings), warnings
+
+
+def drop_members(tar: Path, suffix: str) -> None:
+    """The tar again without its `suffix` members (a set extracted without that feature)."""
+    with tarfile.open(tar) as archive:
+        members = [(member, archive.extractfile(member).read()) for member in archive
+                   if not member.name.endswith(suffix)]
+    with tarfile.open(tar, "w") as archive:
+        for member, payload in members:
+            archive.addfile(member, io.BytesIO(payload))
+
+
+def test_a_set_none_of_whose_samples_the_model_can_read_stops_with_one_line_not_forever(shard_set, recwarn):
+    """A set extracted with --features logmel,tokens has no resnet152.npy: every sample was skipped
+    and the resampled stream drew them again, forever."""
+    from howto_prep.errors import UserError
+
+    root, _ = shard_set
+    for tar in sorted(root.glob("*.tar")):
+        drop_members(tar, schema.RESNET152.field)
+    with pytest.raises(UserError, match=r"1000 samples or shards in a row could not be read.*resnet152.npy: "
+                                        r"member missing"):
+        stream_batches(root, recwarn)

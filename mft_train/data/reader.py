@@ -23,11 +23,12 @@ import math
 import re
 import tarfile
 import warnings
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 
 import numpy as np
 import webdataset as wds
 
+from howto_prep.errors import UserError
 from howto_prep.object_store import register_webdataset_schemes
 from howto_prep.schema import CAPTIONS_FIELD, LOGMEL, META_FIELD, RESNET152, RESNEXT101, TOKEN_OFFSETS_FIELD, TOKENS_FIELD
 from mft_train.data.shards import DecodedSample
@@ -58,6 +59,10 @@ class SkippedDataWarning(UserWarning):
     """Data skipped by a SkipPolicy (the message names the shard or sample and why)."""
 
 
+GIVE_UP_AFTER = 1000  # skips in a row, none read, after which a resampled stream gives up (else: forever)
+T = TypeVar("T")
+
+
 class SkipPolicy:
     """A webdataset handler that warns (without sleeping), goes on, and counts what it skipped.
 
@@ -66,17 +71,29 @@ class SkipPolicy:
     own copy (and reports its own summary); with workers=0 the caller's object sees everything.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, give_up_after: int = GIVE_UP_AFTER) -> None:
         self.damaged_shards: set[str] = set()
         self.unreadable_samples: set[str] = set()
+        self.give_up_after = give_up_after
+        self.in_a_row = 0  # skips since the last sample that was read (a resampled stream never ends)
 
     def __call__(self, error: Exception) -> bool:
         if isinstance(error, DamagedShard):
             self.damaged_shards.add(error.url)
         else:
             self.unreadable_samples.add(getattr(error, "name", None) or repr(error))
+        self.in_a_row += 1
+        if self.in_a_row >= self.give_up_after:
+            raise UserError(f"{self.in_a_row} samples or shards in a row could not be read and none could (the last: "
+                            f"{error}); the set does not fit this model or is damaged throughout (a set extracted "
+                            "without a feature the model needs, e.g. --features logmel,tokens for EAO, lacks it)")
         warnings.warn(str(error), SkippedDataWarning, stacklevel=2)
         return True
+
+    def took(self, item: T) -> T:
+        """A stage after decoding: a sample was read, so the skips so far were not all there is."""
+        self.in_a_row = 0
+        return item
 
     @property
     def skipped(self) -> bool:

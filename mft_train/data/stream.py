@@ -100,6 +100,7 @@ class ClipBatches(IterableDataset):
             wds.ResampledShards(self.shards.urls, seed=seed, worker_seed=lambda: 0, deterministic=True),
             tar_samples(handler=self.skips),
             wds.map(decode_sample, handler=self.skips),
+            wds.map(self.skips.took),  # a set none of whose samples decodes stops, not resamples forever
             wds.map(lambda record: self._clips(record, rng), handler=self.skips),
             wds.shuffle(plan.shuffle_buffer, initial=min(plan.shuffle_buffer, 100), rng=random.Random(seed)),
             wds.batched(plan.videos_per_rank, collation_fn=self._collate, partial=False),
