@@ -13,31 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from clip_shard_fixtures import TINY_MODEL, pretrained_checkpoint, write_clip_set
+from clip_shard_fixtures import TINY_MODEL
 from howto_prep.object_store import Store
 from s3_server import DUMMY_SECRET, S3Server, moto_server, s3  # noqa: F401  (fixtures)
-from shard_fixtures import write_shard_set
+from train_store_fixtures import sets, store_cache  # noqa: F401  (fixtures)
 
 TINY = TINY_MODEL + ["model.davenet_depths=[1, 1, 1, 1, 1, 1]", "data.clips_per_video=2", "data.workers=0",
                      "data.shuffle_buffer=4", "train.batch=2", "train.device=cpu", "train.cpu_threads=1",
                      "train.log_every=1", "train.seed=7"]
 CKPT = "checkpoints/step-{:09d}.pt"
-
-
-@pytest.fixture(scope="module")
-def sets(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A tiny video-level set (2 shards), a clip-level set and a tiny pretrained run folder."""
-    root = tmp_path_factory.mktemp("run-store")
-    write_shard_set(root / "videos", videos=6, shards=2, topics=2)
-    write_clip_set(root / "clips", clips_per_topic=1, topics=6, seed=2, length=(4.0, 9.0), missing=1)
-    return {"videos": root / "videos", "clips": root / "clips", "checkpoint": pretrained_checkpoint(root)}
-
-
-@pytest.fixture
-def store_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Local copies of store files go to this test's folder, not ~/.cache."""
-    monkeypatch.setenv("MFT_TRAIN_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 def pretrain(sets: dict, out: str, extra: list[str], capsys: pytest.CaptureFixture, *flags: str) -> tuple[int, str]:

@@ -15,32 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from clip_shard_fixtures import TINY_MODEL, pretrained_checkpoint, write_clip_set
+from clip_shard_fixtures import TINY_MODEL
 from howto_prep import schema
 from howto_prep.object_store import Store
 from s3_server import DUMMY_SECRET, S3Server, moto_server, s3  # noqa: F401  (fixtures)
-from shard_fixtures import write_shard_set
+from train_store_fixtures import sets, store_cache  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = TINY_MODEL + ["model.davenet_depths=[1, 1, 1, 1, 1, 1]", "data.clips_per_video=2", "data.workers=1",
                          "data.shuffle_buffer=4", "train.batch=2", "train.device=cpu", "train.cpu_threads=1",
                          "train.epochs=1", "train.steps_per_epoch=3", "train.checkpoint_every=3", "train.seed=7"]
-
-
-@pytest.fixture(scope="module")
-def sets(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A tiny video-level set (2 shards), a clip-level set (2 shards) and a tiny pretrained checkpoint."""
-    root = tmp_path_factory.mktemp("train-store")
-    write_shard_set(root / "videos", videos=6, shards=2, topics=2)
-    write_clip_set(root / "clips", clips_per_topic=1, topics=6, seed=2, length=(4.0, 9.0), missing=1)
-    return {"videos": root / "videos", "clips": root / "clips", "checkpoint": pretrained_checkpoint(root)}
-
-
-@pytest.fixture
-def store_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Local copies of store files (the vocabulary) go to this test's folder, not ~/.cache."""
-    monkeypatch.setenv("MFT_TRAIN_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 def upload(folder: Path, s3: S3Server, prefix: str, skip: tuple[str, ...] = ()) -> str:
