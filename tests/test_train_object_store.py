@@ -18,6 +18,7 @@ import torch
 from clip_shard_fixtures import TINY_MODEL
 from howto_prep import schema
 from howto_prep.object_store import Store
+from mft_train.training.checkpoints import read_checkpoint_file
 from s3_server import DUMMY_SECRET, S3Server, moto_server, s3  # noqa: F401  (fixtures)
 from train_store_fixtures import sets, store_cache  # noqa: F401  (fixtures)
 
@@ -57,8 +58,8 @@ def test_pretraining_from_a_url_equals_pretraining_from_the_folder(sets: dict, s
     assert code == 0, from_store
     loss_line = [line for line in from_store.splitlines() if line.startswith("pretrain: steps")]
     assert loss_line and loss_line[0].split(", checkpoint")[0] in from_disk  # "steps 0->3, loss a -> b"
-    disk = torch.load(sorted((tmp_path / "disk").rglob("*.pt"))[-1], map_location="cpu", weights_only=False)
-    store = torch.load(sorted((tmp_path / "store").rglob("*.pt"))[-1], map_location="cpu", weights_only=False)
+    disk = read_checkpoint_file(sorted((tmp_path / "disk").rglob("*.pt"))[-1])
+    store = read_checkpoint_file(sorted((tmp_path / "store").rglob("*.pt"))[-1])
     assert disk["step"] == store["step"] == 3
     assert all(torch.equal(disk["model"][name], store["model"][name]) for name in disk["model"])
     assert any(seen.method == "GET" and ".tar" in seen.path for seen in s3.proxy.seen)  # it did read the store
