@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import queue
+import threading
 from pathlib import Path
 from typing import Iterable
 
@@ -62,6 +64,11 @@ class ShardPublisher:
         self.store = store
         self.work = Path(work)
         self.lock_token = lock_token
+        # publish() hands shards to one upload thread: the writer goes on with the next shard while
+        # this one uploads; at most one more waits (so at most two tars per writer in the work folder)
+        self._queue: queue.Queue[dict] = queue.Queue(maxsize=1)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def __reduce__(self) -> tuple:
         return (ShardPublisher, (self.store, self.work, self.lock_token))
@@ -83,6 +90,36 @@ class ShardPublisher:
                               "committing more output (another run may be writing there)")
 
     def publish(self, record: dict) -> None:
+        """Queue one locally committed shard for upload (blocks while another waits). A failed upload
+        is raised here or by `flush`, in the writer's thread; later shards are then not uploaded."""
+        self._raise_failure()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._upload_loop, name="shard-upload", daemon=True)
+            self._thread.start()
+        self._queue.put(record)
+
+    def flush(self) -> None:
+        """Wait until every queued shard is on the store; raise the first upload failure."""
+        if self._thread is not None:
+            self._queue.join()
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _upload_loop(self) -> None:
+        while True:
+            record = self._queue.get()
+            try:
+                if self._error is None:
+                    self.publish_now(record)
+            except BaseException as err:  # SystemFault from the store, or a storage fault in the work folder
+                self._error = err
+            finally:
+                self._queue.task_done()
+
+    def publish_now(self, record: dict) -> None:
         """Upload one locally committed shard: tar, vocabulary part, JSON last; then drop the local tar."""
         tar_name = record["url"]
         stem = tar_name[:-len(".tar")]
@@ -143,7 +180,7 @@ class ShardPublisher:
             if not (self.work / record["url"]).is_file():
                 raise SystemFault(f"{path} is committed in the work folder but neither its tar nor its JSON is on "
                                   f"{self.store.url}: was the work folder copied from another run?")
-            self.publish(record)
+            self.publish_now(record)
         if pending:
             logger.info("published %d shard(s) a stopped run had committed locally", len(pending))
         return [path.name for path in pending]

@@ -161,6 +161,8 @@ class ExtractAgent:
                     self.wake.wait_for(lambda: self.queue or self.finishing)
                 self._work(writer)
                 writer.close_shard()
+                if publisher is not None:
+                    publisher.flush()  # the round ends with its shards on the store
                 self._hand_over(writer)
                 with self.lock:
                     if not self.queue:
@@ -174,6 +176,12 @@ class ExtractAgent:
             self._fault(f"extract agent failed: {type(err).__name__}: {' '.join(str(err).split())[:300]}")
         finally:
             writer.keep_after_fault()  # stopped: the whole samples written so far stay
+            if publisher is not None:
+                try:
+                    publisher.flush()
+                except ToolError as err:
+                    if self.report.fault is None:
+                        self._fault(str(err))
             self._hand_over(writer)
             with self.lock:
                 self.report.idle = True

@@ -38,8 +38,9 @@ def extract_to_store(plan: ExtractPlan) -> str:
         try:
             extract_with_lock(replace(plan, publisher=publisher) if video_level else plan)
             lock.ensure_held()
-            if not video_level:
-                publisher.publish_pending()  # the clip shards, cut in the work folder
+            # the clip shards, cut in the work folder; for a video-level set, the shards of an agent
+            # lost after committing them locally (its node removed) and before uploading them
+            publisher.publish_pending()
             publisher.publish_set_files()
         except BaseException:
             publisher.publish_failures_quietly()
