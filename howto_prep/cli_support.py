@@ -48,16 +48,6 @@ def is_store_url(value: object) -> bool:
     return isinstance(value, str) and bool(URL_SCHEME.match(value))
 
 
-def require_local(value: Location, option: str) -> Path:
-    """`value` for a command (or option) that does not take object-store URLs (yet): one line, exit 2."""
-    from howto_prep.errors import UserError
-
-    if is_store_url(value):
-        raise UserError(f"{option} {value}: URLs are not supported here (yet); give a local or "
-                        "shared-filesystem path")
-    return Path(value)
-
-
 def run_handler(prog: str, args: argparse.Namespace) -> int:
     """Import `args.handler` ("module:function") only when needed and run it.
 
