@@ -107,7 +107,7 @@ def test_a_store_that_refuses_is_one_line_and_exit_5_without_the_secret(sets: di
                                                                         tmp_path: Path) -> None:
     url = upload(sets["clips"], s3, "clips")
     s3.proxy.fail("403", times=10_000)  # every request refused, as wrong credentials are
-    env = {**os.environ, "MFT_TRAIN_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "HOWTO_MFT_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-m", "mft_train.cli", "evaluate", "--checkpoint", str(sets["checkpoint"]),
                              "--shards", url, "--set", "train.device=cpu"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

@@ -24,5 +24,5 @@ def sets(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture
 def store_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Local copies of store files (vocabulary, checkpoints) go to this test's folder, not ~/.cache."""
-    monkeypatch.setenv("MFT_TRAIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOWTO_MFT_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from howto_prep import schema
 from howto_prep.cli_support import is_store_url
 from howto_prep.errors import SystemFault, UserError
+from howto_prep.local_copies import cache_path, fetch_file
 from howto_prep.object_store import Store, Verdict, classify, describe_error
 from howto_prep.shards import SHARD_JSON_PATTERN
 
@@ -115,19 +115,9 @@ def shard_record(tar_url: str) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def cache_root() -> Path:
-    """Where copies of store files live: $MFT_TRAIN_CACHE, else $XDG_CACHE_HOME/mft-train (~/.cache)."""
-    explicit = os.environ.get("MFT_TRAIN_CACHE")
-    if explicit:
-        return Path(explicit)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mft-train"
-
-
 def cache_folder(url: str) -> Path:
-    """The local folder that mirrors (parts of) the set at `url`: one folder per URL."""
-    scheme, _, rest = url.partition("://")
-    parts = [part for part in rest.split("/") if part not in ("", ".", "..")]
-    return cache_root() / "stores" / scheme.lower() / Path(*parts)
+    """The local folder that mirrors (parts of) the set at `url`: one folder per URL ($HOWTO_MFT_CACHE)."""
+    return cache_path(url)
 
 
 def vocab_folder(url: str) -> Path:
@@ -145,31 +135,12 @@ def vocab_folder(url: str) -> Path:
                         f"and {schema.VOCAB_VECTORS} (or {schema.VOCAB_DIR}/{schema.VOCAB_PARTS_DIR}/) are needed")
     vocab = folder / prefix
     for key, (size, modified) in sorted(wanted.items()):
-        _fetch(store, key, folder / key, size, None if modified is None else int(modified * 1e9))
+        fetch_file(store, key, folder / key, size, None if modified is None else int(modified * 1e9))
     if vocab.is_dir():  # (another process's download in flight, a hidden .part file, is left alone)
         for stale in [p for p in vocab.rglob("*") if p.is_file() and not p.name.startswith(".")
                       and p.relative_to(folder).as_posix() not in wanted]:
             stale.unlink(missing_ok=True)
     return folder
-
-
-def _fetch(store: Store, key: str, target: Path, size: int, modified_ns: int | None) -> None:
-    """Copy one object to `target` unless an identical copy (size and time) is there; atomic replace."""
-    if target.is_file():
-        stat = target.stat()
-        if stat.st_size == size and modified_ns is not None and stat.st_mtime_ns == modified_ns:
-            return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    os.close(handle)
-    try:
-        store.get_file(key, temp)  # streamed to disk, size checked, retried under the store's fault policy
-        if modified_ns is not None:
-            os.utime(temp, ns=(modified_ns, modified_ns))
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def store_fault(url: str, error: BaseException) -> SystemFault | None:

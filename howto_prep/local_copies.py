@@ -1,0 +1,133 @@
+"""Local copies of object-store files, for the inputs that must be read from a real filesystem.
+
+Some inputs are read at random (caption.json and the word2vec .bin are indexed on disk and
+memory-mapped; faiss and SQLite need a file): a URL given for one of them is downloaded once into a
+cache folder and reused while the object's size and modified time are unchanged (the copy's mtime
+is set to the object's, so one `stat` checks it). Outputs made the same way (a local folder, then
+uploaded) use `publish_folder`, which uploads the files that say "complete" last.
+
+Downloads are streamed to a hidden `.part` file next to the target and renamed into place: a
+killed download never leaves a copy that looks whole.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from howto_prep.cli_support import Location, is_store_url
+from howto_prep.errors import UserError
+from howto_prep.object_store import Store
+
+CACHE_VARIABLE = "HOWTO_MFT_CACHE"
+
+
+def cache_root() -> Path:
+    """Where copies of store files live: $HOWTO_MFT_CACHE, else $XDG_CACHE_HOME/howto-mft (~/.cache)."""
+    explicit = os.environ.get(CACHE_VARIABLE)
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "howto-mft"
+
+
+def cache_path(url: str, root: Path | None = None) -> Path:
+    """The local path that mirrors `url` (`s3://b/x/y` -> ROOT/stores/s3/b/x/y): one place per URL."""
+    scheme, _, rest = url.partition("://")
+    parts = [part for part in rest.split("/") if part not in ("", ".", "..")]
+    return (root or cache_root()) / "stores" / scheme.lower() / Path(*parts)
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """(the folder URL, the object's name) of a file URL: `s3://b/x/y.json` -> (`s3://b/x`, `y.json`)."""
+    folder, _, name = url.rstrip("/").rpartition("/")
+    if not name or folder.endswith(":/"):
+        raise UserError(f"{url} names a bucket, not a file")
+    return folder, name
+
+
+def fetch_file(store: Store, key: str, target: Path, size: int, modified_ns: int | None) -> bool:
+    """Copy one object to `target` unless an identical copy (size and time) is there; atomic replace.
+    True when it downloaded."""
+    if target.is_file():
+        stat = target.stat()
+        if stat.st_size == size and modified_ns is not None and stat.st_mtime_ns == modified_ns:
+            return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(handle)
+    try:
+        store.get_file(key, temp)  # streamed to disk, size checked, retried under the store's fault policy
+        if modified_ns is not None:
+            os.utime(temp, ns=(modified_ns, modified_ns))
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def _nanoseconds(modified: float | None) -> int | None:
+    return None if modified is None else int(modified * 1e9)
+
+
+def local_file(value: Location, what: str, root: Path | None = None) -> Path:
+    """The path to read for an input file given as a path or an s3:// / gs:// URL: a path as it is;
+    a URL's object downloaded once into the cache (a missing object is one line, exit 2)."""
+    if not is_store_url(value):
+        return Path(value)
+    url = str(value)
+    folder, name = split_url(url)
+    store = Store.for_url(folder)
+    store.check_access()
+    found = store.list_info(name).get(name)
+    if found is None:
+        raise UserError(f"{what} {url} does not exist")
+    size, modified = found
+    target = cache_path(url, root)
+    fetch_file(store, name, target, size, _nanoseconds(modified))
+    return target
+
+
+def local_folder(value: Location, what: str, root: Path | None = None) -> Path:
+    """The folder to read for an input folder given as a path or a URL: a URL's objects (every key
+    under its prefix) copied once into the cache; files the store no longer has are removed."""
+    if not is_store_url(value):
+        return Path(value)
+    url = str(value).rstrip("/")
+    store = Store.for_url(url)
+    store.check_access()
+    wanted = {key: info for key, info in store.list_info("").items() if not key.endswith("/")}
+    if not wanted:
+        raise UserError(f"{what} {url} holds no files")
+    folder = cache_path(url, root)
+    for key, (size, modified) in sorted(wanted.items()):
+        fetch_file(store, key, folder / key, size, _nanoseconds(modified))
+    for stale in [path for path in folder.rglob("*") if path.is_file() and not path.name.startswith(".")
+                  and path.relative_to(folder).as_posix() not in wanted]:
+        stale.unlink(missing_ok=True)
+    return folder
+
+
+def files_under(folder: Path) -> list[str]:
+    """Every file below `folder` as a '/'-separated key, hidden files (partial downloads) left out."""
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")
+                  if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts))
+
+
+def publish_folder(folder: Path, store: Store, last: Sequence[str] = (), skip: Iterable[str] = ()) -> int:
+    """Upload every file of `folder` whose size differs on the store (or is missing there), each whole;
+    the keys in `last` go up at the end, in that order (the files a reader takes as "complete").
+    Returns how many files were uploaded."""
+    keys = [key for key in files_under(folder) if key not in set(skip)]
+    remote = store.list_info("")
+    ordered = [key for key in keys if key not in last] + [key for key in last if key in keys]
+    uploaded = 0
+    for key in ordered:
+        local = folder / key
+        if key not in last and key in remote and remote[key][0] == local.stat().st_size:
+            continue
+        store.put_file(local, key)
+        uploaded += 1
+    return uploaded
