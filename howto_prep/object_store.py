@@ -155,6 +155,8 @@ def _client_error_code(err: BaseException) -> tuple[str, int] | None:
         return str(response["Error"].get("Code") or status), status
     if type(err).__name__ == "HttpError" and isinstance(getattr(err, "code", None), int):  # gcsfs
         return str(err.code), int(err.code)
+    if type(err) is OSError and str(err).startswith("Forbidden: "):  # gcsfs raises a bare OSError for 403
+        return "Forbidden", 403
     return None
 
 
@@ -273,6 +275,16 @@ def make_filesystem(url: str, request_tries: int = 3, connect_timeout: float = 1
                 config_kwargs={"retries": {"total_max_attempts": max(1, request_tries), "mode": "standard"},
                                "connect_timeout": connect_timeout, "read_timeout": read_timeout})
             fs.retries = 1  # s3fs's own loop (0.1 s waits) would be a third layer: ours has the backoff
+            return fs
+        if protocol in GCS_PROTOCOLS:
+            # gcsfs.core's filesystem, the JSON API: the package's default class also probes each bucket's
+            # layout over gRPC (zonal buckets), which a store without that API (an emulator, a proxy)
+            # answers only after a 60 s timeout. Credentials: google-auth's chain (GOOGLE_APPLICATION_
+            # CREDENTIALS, gcloud's login, the VM's service account); STORAGE_EMULATOR_HOST for emulators.
+            from gcsfs.core import GCSFileSystem
+
+            fs = GCSFileSystem(skip_instance_cache=True, use_listings_cache=False)
+            fs.retries = max(1, request_tries)  # gcsfs's own loop (1, 2, 4 s waits) is the per-request layer
             return fs
         import fsspec
 
@@ -525,6 +537,11 @@ class Store:
         if self.local:
             operation = lambda: _local_create_exclusive(self.path(key), data)  # noqa: E731
         elif self.protocol in S3_PROTOCOLS or self.protocol in GCS_PROTOCOLS:
+            # Look first, then create conditionally: on a store that enforces the condition the look is
+            # only a cheap early answer; on one that ignores it (older S3-compatible servers, emulators)
+            # it still refuses every run that comes after the lock was written, if not a true race.
+            if self.exists(key):
+                return False
             operation = lambda: self.fs.pipe_file(self.path(key), data, mode="create")  # noqa: E731
         else:
             raise UserError(f"{self.protocol}:// has no conditional write this toolkit knows; one writer per "
@@ -841,8 +858,22 @@ def gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> 
 
     if mode != "rb":
         raise ValueError(f"{url}: object-store shards are read-only here (mode {mode})")
-    fs, path = fsspec.core.url_to_fs(url)  # fsspec's shared filesystem for the URL (its default retries)
+    if _protocol(url) in GCS_PROTOCOLS:  # gcsfs.core's class, not the default one (make_filesystem says why)
+        fs, path = _reader_filesystem(url), url.partition("://")[2]
+    else:
+        fs, path = fsspec.core.url_to_fs(url)  # fsspec's shared filesystem for the URL (its default retries)
     return fs.open(path, "rb", block_size=READ_BLOCK_BYTES, cache_type="readahead")
+
+
+_READERS: dict[tuple[int, str], Any] = {}
+
+
+def _reader_filesystem(url: str) -> Any:
+    """One filesystem per process and protocol for streaming shards (an async one does not survive fork)."""
+    key = (os.getpid(), _protocol(url))
+    if key not in _READERS:
+        _READERS[key] = make_filesystem(url, request_tries=6)
+    return _READERS[key]
 
 
 def register_webdataset_schemes(protocols: tuple[str, ...] = S3_PROTOCOLS + GCS_PROTOCOLS) -> None:

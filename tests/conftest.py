@@ -30,6 +30,7 @@ SLOW_MODULES = {  # slow as a whole: Ray, CLI child processes, torchrun, ffmpeg,
     "test_download_object_store",  # downloads to a moto S3 server, one run on a local Ray
     "test_train_object_store",  # pretrain/evaluate/embed from a moto S3 server, a CLI child process
     "test_run_object_store",  # run folders and checkpoints on a moto S3 server: pretrain, resume, finetune
+    "test_gcs_object_store",  # extract, pretrain and evaluate on a GCS emulator
 }
 SLOW_NAMES = frozenset({"subprocess", "ray"})  # a test whose own code uses these starts a process or a cluster
 
@@ -66,6 +67,18 @@ def synth_corpus(tmp_path_factory: pytest.TempPathFactory) -> CorpusInfo:
     out = tmp_path_factory.mktemp("synth") / "corpus"
     return generate_corpus(out, videos=SYNTH_VIDEOS, seed=0, heldout_videos=SYNTH_HELDOUT,
                            min_seconds=10, max_seconds=25)
+
+
+@pytest.fixture(scope="session")
+def local_set(synth_corpus: CorpusInfo, tmp_path_factory: pytest.TempPathFactory):
+    """synth_corpus extracted to a local folder (logmel and tokens, one video per shard), once per
+    session: the reference the object-store tests compare their sets with. Read it only."""
+    from test_extract_object_store import explain, extract_args, run_cli
+
+    base = tmp_path_factory.mktemp("local-run")
+    result = run_cli(extract_args(synth_corpus, str(base / "shards")), base)
+    assert result.returncode == 0, explain(result)
+    return base / "shards"
 
 
 @pytest.fixture(scope="module")

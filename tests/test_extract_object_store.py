@@ -114,15 +114,6 @@ def assert_no_secret(*texts: str, folders: tuple[Path, ...] = (), objects: dict[
         assert DUMMY_SECRET.encode() not in data, key
 
 
-@pytest.fixture(scope="module")
-def local_set(synth_corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same input extracted to a local folder: the reference."""
-    base = tmp_path_factory.mktemp("local-run")
-    result = run_cli(extract_args(synth_corpus, str(base / "shards")), base)
-    assert result.returncode == 0, explain(result)
-    return base / "shards"
-
-
 def test_extract_to_s3_is_the_local_set_survives_kill_9_and_resumes_from_a_fresh_work_folder(
         synth_corpus, local_set: Path, s3: S3Server, tmp_path: Path) -> None:
     url, work = s3.url("howto/shards"), tmp_path / "work"

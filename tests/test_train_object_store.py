@@ -15,19 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from clip_shard_fixtures import TINY_MODEL
 from howto_prep import schema
 from howto_prep.object_store import Store
 from mft_train.training.checkpoints import read_checkpoint_file
 from s3_server import DUMMY_SECRET, S3Server, moto_server, s3  # noqa: F401  (fixtures)
-from train_store_fixtures import sets, store_cache  # noqa: F401  (fixtures)
+from train_store_fixtures import disk_pretrain, pretrain_quietly, sets, settings, store_cache  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
-PRETRAIN = TINY_MODEL + ["model.davenet_depths=[1, 1, 1, 1, 1, 1]", "data.clips_per_video=2", "data.workers=1",
-                         "data.shuffle_buffer=4", "train.batch=2", "train.device=cpu", "train.cpu_threads=1",
-                         "train.epochs=1", "train.steps_per_epoch=3", "train.checkpoint_every=3", "train.seed=7"]
-
-
 def upload(folder: Path, s3: S3Server, prefix: str, skip: tuple[str, ...] = ()) -> str:
     """Every file of `folder` to s3://bucket/prefix/ (same relative keys); returns the set's URL."""
     store = Store.for_url(s3.url(prefix))
@@ -38,27 +32,16 @@ def upload(folder: Path, s3: S3Server, prefix: str, skip: tuple[str, ...] = ()) 
     return store.url
 
 
-def settings(items: list[str]) -> list[str]:
-    return [arg for item in items for arg in ("--set", item)]
-
-
-def pretrain(shards: str, out: Path, capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    from mft_train.cli import main
-
-    code = main(["pretrain", "--shards", shards, "--out", str(out), "--config", "eao_small"] + settings(PRETRAIN))
-    return code, capsys.readouterr().err
-
-
-def test_pretraining_from_a_url_equals_pretraining_from_the_folder(sets: dict, s3: S3Server, store_cache: Path,
-                                                                    tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_pretraining_from_a_url_equals_pretraining_from_the_folder(sets: dict, disk_pretrain: tuple[str, Path],
+                                                                    s3: S3Server, store_cache: Path,
+                                                                    tmp_path: Path) -> None:
     url = upload(sets["videos"], s3, "videos")
-    code, from_disk = pretrain(str(sets["videos"]), tmp_path / "disk", capsys)
-    assert code == 0, from_disk
-    code, from_store = pretrain(url, tmp_path / "store", capsys)
+    from_disk, disk_run = disk_pretrain
+    code, from_store = pretrain_quietly(url, tmp_path / "store")
     assert code == 0, from_store
     loss_line = [line for line in from_store.splitlines() if line.startswith("pretrain: steps")]
     assert loss_line and loss_line[0].split(", checkpoint")[0] in from_disk  # "steps 0->3, loss a -> b"
-    disk = read_checkpoint_file(sorted((tmp_path / "disk").rglob("*.pt"))[-1])
+    disk = read_checkpoint_file(sorted(disk_run.rglob("*.pt"))[-1])
     store = read_checkpoint_file(sorted((tmp_path / "store").rglob("*.pt"))[-1])
     assert disk["step"] == store["step"] == 3
     assert all(torch.equal(disk["model"][name], store["model"][name]) for name in disk["model"])
@@ -118,12 +101,12 @@ def test_a_store_that_refuses_is_one_line_and_exit_5_without_the_secret(sets: di
 
 
 def test_a_refusal_while_streaming_tars_in_a_loader_worker_is_one_line_exit_5(
-        sets: dict, s3: S3Server, store_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        sets: dict, s3: S3Server, store_cache: Path, tmp_path: Path) -> None:
     """Listing and the vocabulary succeed, then every tar GET is refused: a SystemFault in the
     DataLoader worker, not a damaged shard skipped forever, and not torch's worker traceback."""
     url = upload(sets["videos"], s3, "videos")
     s3.proxy.fail("403", times=10_000, path_contains=".tar")
-    code, err = pretrain(url, tmp_path / "run", capsys)
+    code, err = pretrain_quietly(url, tmp_path / "run")
     lines = [line for line in err.strip().splitlines() if line.startswith("mft-train:")]
     assert code == 5, err
     assert lines == [lines[-1]] and lines[-1].startswith("mft-train: system fault: object store refused read s3://")
