@@ -106,3 +106,14 @@ def test_a_refusing_gs_store_is_one_line_and_exit_5(sets: dict, gcs: GcsServer, 
     assert code == 5, err
     assert err.strip().splitlines()[-1].startswith("mft-train: system fault: object store refused"), err
     assert "Traceback" not in err
+
+
+def test_listing_a_gs_root_goes_page_by_page_and_names_every_object(gcs: GcsServer) -> None:
+    """download's one listing per run (iter_objects) reads GCS's objects.list a page at a time, so
+    1.2 M videos are never one dict each; the emulator answers in one page, real GCS in several."""
+    store = Store.for_url(gcs.url("videos"))
+    for name in ("a.mp4", "b/c.mp4", "d.webm"):
+        store.put_bytes(name, name.encode())
+    Store.for_url(gcs.url("other")).put_bytes("x.mp4", b"x")  # outside the root: not listed
+    assert sorted(store.iter_objects(page_size=2)) == [("a.mp4", 5), ("b/c.mp4", 7), ("d.webm", 6)]
+    assert any("maxResults=2" in line for line in gcs.requests_with("GET /storage/v1/b/"))
