@@ -424,13 +424,14 @@ def _kill(pid: int, sig: int) -> None:
 
 
 @contextlib.contextmanager
-def three_nodes_one_private(root: Path):  # type: ignore[no-untyped-def]
+def three_nodes_one_private(root: Path, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
     """head + w1 + w2, one CPU each; on w2, `root/nodelocal` is an empty node-local tmpfs (a test
-    skips where `unshare -m` is not allowed)."""
+    skips where `unshare -m` is not allowed). `env`: what every node's environment adds (as an
+    administrator sets each node's credentials)."""
     import pytest
 
     if not RayCluster.can_unshare():
         pytest.skip("needs root and `unshare -m` (a node with a node-local folder)")
-    with RayCluster(workers=2, private={"w2": root / "nodelocal"}) as cluster:
+    with RayCluster(workers=2, private={"w2": root / "nodelocal"}, env=env) as cluster:
         cluster.root = root
         yield cluster

@@ -11,6 +11,7 @@ cannot see stops the run before any work.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -177,23 +178,37 @@ def test_a_node_removed_mid_run_then_a_rerun_leaves_every_video_in_exactly_one_s
 
 # ------------------------------------------------------------------ the shared 3-node cluster
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory):
+def bucket() -> dict[str, str]:
+    """A moto S3 server for the cluster's object-store test: its bucket, and the standard AWS
+    variables every node and the driver get (each node its own credentials, never in a task)."""
+    import boto3
+
+    from s3_server import DUMMY_KEY_ID, DUMMY_SECRET, REGION, start_moto
+
+    server = start_moto()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": DUMMY_KEY_ID, "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET, "AWS_DEFAULT_REGION": REGION,
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=REGION, aws_access_key_id=DUMMY_KEY_ID,
+                 aws_secret_access_key=DUMMY_SECRET).create_bucket(Bucket="cluster")
+    try:
+        yield {"name": "cluster", **env}
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(bucket: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
     """head + w1 + w2, one CPU each; on w2, `root/nodelocal` is an empty node-local tmpfs."""
-    with three_nodes_one_private(tmp_path_factory.mktemp("multinode")) as cluster:
+    node_env = {key: value for key, value in bucket.items() if key.startswith("AWS_")}
+    with three_nodes_one_private(tmp_path_factory.mktemp("multinode"), env=node_env) as cluster:
         yield cluster
 
 
 @pytest.fixture(scope="module")
-def local_run(synth_corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same extraction on a one-node local Ray (no --address, no RAY_ADDRESS)."""
-    out = tmp_path_factory.mktemp("local_run") / "shards"
-    ray_tmpdir = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))
-    try:
-        result = howto_prep(extract_args(synth_corpus, out), local_env(ray_tmpdir))
-    finally:
-        shutil.rmtree(ray_tmpdir, ignore_errors=True)
-    assert result.returncode == 0, explain(result)
-    return out
+def local_run(local_set: Path) -> Path:
+    """The same extraction on a one-node local Ray (no --address, no RAY_ADDRESS): conftest's local_set."""
+    return local_set
 
 
 def test_download_with_address_on_the_cluster(cluster: RayCluster, synth_corpus, tmp_path: Path) -> None:
@@ -234,6 +249,38 @@ def test_extract_on_three_nodes_equals_a_local_run(cluster_run: Path, local_run:
         assert comparable(here[key]) == comparable(there[key]), key
     assert not (cluster_run / schema.FAILURES_FILE).exists()
     assert len(shards.read_shard_records(cluster_run)) >= 3
+
+
+def test_extract_on_three_nodes_to_s3_equals_a_local_run(cluster: RayCluster, bucket: dict[str, str],
+                                                          local_run: Path, synth_corpus) -> None:
+    """--out s3://... on a cluster: agents on every node upload their own shards with their node's
+    credentials; the work folder (indexes, shards being written) is on the shared filesystem."""
+    import boto3
+
+    aws = {key: value for key, value in bucket.items() if key.startswith("AWS_")}
+    url, work = f"s3://{bucket['name']}/shards", cluster.root / "work"
+    result = howto_prep(extract_args(synth_corpus, url, "--work", str(work), "--address", cluster.address),
+                        cluster.env(**aws))
+    assert result.returncode == 0, explain(result)
+    client = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws["AWS_DEFAULT_REGION"],
+                          aws_access_key_id=aws["AWS_ACCESS_KEY_ID"], aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"])
+    listed = client.list_objects_v2(Bucket=bucket["name"], Prefix="shards/")["Contents"]
+    objects = {item["Key"][len("shards/"):]: client.get_object(Bucket=bucket["name"], Key=item["Key"])["Body"].read()
+               for item in listed}
+    records = [json.loads(data) for key, data in objects.items() if shards.SHARD_JSON_PATTERN.match(key)]
+    here = {}
+    for record in records:
+        with tarfile.open(fileobj=io.BytesIO(objects[record["url"]])) as tar:
+            for member in tar.getmembers():
+                key, _, extension = member.name.partition(".")
+                here.setdefault(key, {})[extension] = tar.extractfile(member).read()
+    there = read_samples(local_run)
+    assert set(here) == set(there) == set(synth_corpus.video_ids)
+    for key in there:
+        assert comparable(here[key]) == comparable(there[key]), key
+    assert len({record["node"] for record in records}) >= 2, "only one node uploaded shards"
+    assert not list(work.glob("*.tar"))  # every node's uploaded tars left the shared work folder
+    assert bucket["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
 
 
 def test_each_node_writes_its_own_shards_and_names_itself(cluster: RayCluster, cluster_run: Path) -> None:
