@@ -480,9 +480,10 @@ class Store:
 
     def list_info(self, prefix: str) -> dict[str, tuple[int, float | None]]:
         """key -> (size, last modified in epoch seconds or None) of every object below `prefix`
-        (a folder such as `vocab`: small listings; `iter_objects` streams a whole root)."""
+        (a folder such as `vocab`; "" for the whole root: small listings, `iter_objects` streams a big root)."""
+        target = self.path(prefix) if prefix else self.root
         try:
-            found = self._call("list", prefix, lambda: self.fs.find(self.path(prefix), detail=True))
+            found = self._call("list", prefix, lambda: self.fs.find(target, detail=True))
         except FileNotFoundError:
             found = {}
         return {self.key_of(path): (int(info.get("size") or 0), modified_seconds(info))
