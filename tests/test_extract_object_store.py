@@ -147,7 +147,9 @@ def test_extract_to_s3_is_the_local_set_survives_kill_9_and_resumes_from_a_fresh
     assert sorted(entry["url"] for entry in index["shardlist"]) == sorted(
         key for key in objects if key.endswith(".tar") and key.replace(".tar", ".json") in objects)
     assert ".howto-prep.lock" not in objects  # released
-    assert not list(work.glob("*.tar"))  # uploaded tars leave the work folder
+    # uploaded tars leave the work folder (a tar the kill caught between its rename and its JSON may stay:
+    # never uploaded, never read, its videos redone; shards.py says why such a tar is never deleted)
+    assert not {path.name for path in work.glob("*.tar")} & {key for key in objects if key.endswith(".tar")}
     assert s3.pending_uploads() == []
     # verify and status read the URL
     verify = run_cli(["verify", url], tmp_path)
