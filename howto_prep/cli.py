@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from howto_prep import schema
-from howto_prep.cli_support import local_path, location, main_for
+from howto_prep.cli_support import input_file, local_path, location, main_for, secret_file
 from howto_prep.extract.failure_storm import DEFAULT_THRESHOLD as FAILURE_STORM
 from howto_prep.extract.plan import DEFAULT_ACTOR_TIMEOUT_S, DEFAULT_DECODE_TIMEOUT_S
 
@@ -73,12 +73,21 @@ def gpu_share(text: str) -> float:
     return value
 
 
+URL_INPUT_HELP = "a path, or an s3:// / gs:// URL (copied once into $HOWTO_MFT_CACHE, reused while unchanged)"
+SECRET_HELP = ("file with one line username:password; a local file only (a secret: never fetched from a bucket, "
+               "where reading it would need store credentials and leave a copy in the cache)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="howto-prep", description="HowTo100M data preparation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     synth = sub.add_parser("synth", help="write a small synthetic corpus in HowTo100M's formats")
-    synth.add_argument("--out", type=local_path, required=True)
+    synth.add_argument("--out", type=location, required=True,
+                       help="a folder, or s3://bucket/prefix (gs://): written in --work, then uploaded")
+    synth.add_argument("--work", type=local_path, default=None,
+                       help="with an --out URL: the local folder the corpus is written in before the upload; "
+                            "default .howto-prep/work/<scheme>/<bucket>/<prefix>")
     synth.add_argument("--videos", type=positive_int, default=24, help="number of pretraining videos")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--heldout", type=non_negative_int, default=None,
@@ -93,23 +102,26 @@ def build_parser() -> argparse.ArgumentParser:
     mirror = sub.add_parser("mirror", help="serve a video folder like the authors' mirror on 127.0.0.1")
     mirror.add_argument("--root", type=local_path, required=True, help="folder of <id>.<ext> files (searched recursively)")
     mirror.add_argument("--port", type=non_negative_int, default=0, help="0 picks a free port")
-    mirror.add_argument("--credentials", type=local_path, help="file with one line username:password")
+    mirror.add_argument("--credentials", type=secret_file, help=SECRET_HELP)
     mirror.add_argument("--fault", action="append", default=[], metavar="ID=KIND",
                         help="inject a fault for one id: not_found, auth, transient, truncated, stall")
     mirror.set_defaults(handler="howto_prep.synthetic.command:run_mirror")
 
     download = sub.add_parser("download", help="fetch videos from the mirror or YouTube, resumably")
     source = download.add_mutually_exclusive_group(required=True)
-    source.add_argument("--csv", type=local_path, help="HowTo100M_v1.csv")
-    source.add_argument("--ids", type=local_path, help="file with one video id (or URL) per line")
+    source.add_argument("--csv", type=input_file, help="HowTo100M_v1.csv (a path, or s3:// / gs:// URL)")
+    source.add_argument("--ids", type=input_file,
+                        help="file with one video id (or URL) per line (a path, or s3:// / gs:// URL)")
     download.add_argument("--out", type=location, required=True, help="a folder, or s3://bucket/prefix (gs://)")
     download.add_argument("--work", type=local_path, default=None,
                           help="with an --out URL: the local folder of the run's state (manifest, files being "
                                "uploaded); default .howto-prep/work/<scheme>/<bucket>/<prefix>")
     download.add_argument("--source", choices=["mirror", "youtube", "auto"], default="auto")
     download.add_argument("--mirror-url", help="base URL of the authors' mirror")
-    download.add_argument("--credentials", type=local_path, help="file with one line username:password")
-    download.add_argument("--cookies", type=local_path, help="cookies.txt passed to yt-dlp")
+    download.add_argument("--credentials", type=secret_file, help=SECRET_HELP)
+    download.add_argument("--cookies", type=secret_file,
+                          help="cookies.txt passed to yt-dlp; a local file only (a secret: never fetched from "
+                               "a bucket)")
     download.add_argument("--workers", type=non_negative_int, default=4)
     download.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     download.add_argument("--retry-failed", action="store_true")
@@ -119,14 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     extract = sub.add_parser("extract", help="decode once and write 2D/3D/audio/text features to shards")
     extract.add_argument("--videos", type=location, required=True,
                          help="a folder (a download's --out), or s3://bucket/prefix of one")
-    extract.add_argument("--captions", type=local_path, help="caption.json (video-level sets; optional with clip annotations)")
-    extract.add_argument("--word2vec", type=local_path,
-                         help="word2vec .bin (GoogleNews format); needed for the tokens feature and clip-level sets")
+    extract.add_argument("--captions", type=input_file,
+                         help="caption.json (video-level sets; optional with clip annotations); " + URL_INPUT_HELP)
+    extract.add_argument("--word2vec", type=input_file,
+                         help="word2vec .bin (GoogleNews format); needed for the tokens feature and clip-level sets; "
+                              + URL_INPUT_HELP)
     extract.add_argument("--out", type=location, required=True, help="a folder, or s3://bucket/prefix (gs://)")
     extract.add_argument("--work", type=local_path, default=None,
                          help="with an --out URL: the local folder of the run's state (indexes, shards being "
                               "uploaded); default .howto-prep/work/<scheme>/<bucket>/<prefix>; shared by all nodes")
-    extract.add_argument("--csv", type=local_path, help="HowTo100M_v1.csv for the category columns in meta.json")
+    extract.add_argument("--csv", type=input_file,
+                         help="HowTo100M_v1.csv for the category columns in meta.json; " + URL_INPUT_HELP)
     extract.add_argument("--gpus", type=non_negative_int, default=0, help="model actors, each on a GPU (0: one CPU actor)")
     extract.add_argument("--gpu-share", type=gpu_share, default=1.0,
                          help="the share of a GPU each actor reserves (default 1); e.g. --gpus 3 --gpu-share 0.33 "
@@ -149,16 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--failure-storm", type=positive_int, default=FAILURE_STORM, metavar="N",
                          help="N videos in a row failing with the same error stop the run as a system fault, "
                               "none of them recorded (default %(default)s)")
-    clips = extract.add_argument_group("clip-level sets (evaluation / fine-tuning): one sample per annotated clip")
+    clips = extract.add_argument_group("clip-level sets (evaluation / fine-tuning): one sample per annotated clip; "
+                                       "each annotation file a path or an s3:// / gs:// URL")
     annotation = clips.add_mutually_exclusive_group()
-    annotation.add_argument("--youcook2", type=local_path, help="youcookii_annotations_trainval.json")
-    annotation.add_argument("--msrvtt", type=local_path, nargs="+", metavar="INFO_JSON",
+    annotation.add_argument("--youcook2", type=input_file, help="youcookii_annotations_trainval.json")
+    annotation.add_argument("--msrvtt", type=input_file, nargs="+", metavar="INFO_JSON",
                             help="MSR-VTT videodatainfo.json file(s), e.g. train_val_videodatainfo.json test_videodatainfo.json")
-    annotation.add_argument("--clips", type=local_path,
+    annotation.add_argument("--clips", type=input_file,
                             help="a clips csv: video_id,start,end and text or caption (e.g. validation_youcook.csv)")
     clips.add_argument("--split", help="YouCook2: training|validation (default validation); "
                                        "MSR-VTT: train|validate (or val)|test (default test)")
-    clips.add_argument("--test-list", type=local_path,
+    clips.add_argument("--test-list", type=input_file,
                        help="MSR-VTT: the rows to keep: bare ids, a video_id csv (7k/9k lists) or the JSFusion "
                             "1k-A csv (its sentence is the query)")
     clips.add_argument("--protocol", help="assert the evaluation protocol these inputs define: "

@@ -43,6 +43,26 @@ def location(value: str) -> Location:
     return value
 
 
+def input_file(value: str) -> Location:
+    """An input file that may also be an object: `s3://bucket/key` or `gs://bucket/key` stays a URL
+    string, which the handler copies once into the local cache (local_copies.local_file) and then reads
+    as a local file; any other URL is refused as by `location`, and so is a URL naming only a bucket."""
+    found = location(value)
+    if isinstance(found, str) and "/" not in found.split("://", 1)[1].strip("/"):
+        raise argparse.ArgumentTypeError(f"{value} names a bucket, not a file: give s3://bucket/key")
+    return found
+
+
+def secret_file(value: str) -> Path:
+    """A file holding a secret (mirror password, YouTube cookies): always a local path. A URL is
+    refused: fetching it would need store credentials, put the secret in the cache folder and in
+    the store's access logs; keep it in a local file readable by you only (chmod 600)."""
+    if URL_SCHEME.match(value):
+        raise argparse.ArgumentTypeError(f"{value}: a secret must be a local file (it is never fetched from a "
+                                         "bucket: copy it to this machine, chmod 600)")
+    return Path(value)
+
+
 def is_store_url(value: object) -> bool:
     """True for what `location` returned for an object-store URL."""
     return isinstance(value, str) and bool(URL_SCHEME.match(value))

@@ -68,7 +68,8 @@ def fetch_file(store: Store, key: str, target: Path, size: int, modified_ns: int
     return True
 
 
-def _nanoseconds(modified: float | None) -> int | None:
+def nanoseconds(modified: float | None) -> int | None:
+    """A store's modified time (epoch seconds) as a file's st_mtime_ns."""
     return None if modified is None else int(modified * 1e9)
 
 
@@ -86,8 +87,16 @@ def local_file(value: Location, what: str, root: Path | None = None) -> Path:
         raise UserError(f"{what} {url} does not exist")
     size, modified = found
     target = cache_path(url, root)
-    fetch_file(store, name, target, size, _nanoseconds(modified))
+    fetch_file(store, name, target, size, nanoseconds(modified))
     return target
+
+
+def local_input(value: Location | None, what: str) -> Path | None:
+    """An optional CLI input file (a path or a URL, None when the option was left out) as an absolute
+    local path: absolute because Ray workers, whose working folder is not the driver's, may open it."""
+    if value is None:
+        return None
+    return local_file(value, what).absolute()
 
 
 def local_folder(value: Location, what: str, root: Path | None = None) -> Path:
@@ -95,15 +104,18 @@ def local_folder(value: Location, what: str, root: Path | None = None) -> Path:
     under its prefix) copied once into the cache; files the store no longer has are removed."""
     if not is_store_url(value):
         return Path(value)
-    url = str(value).rstrip("/")
-    store = Store.for_url(url)
-    store.check_access()
+    return copy_folder(open_folder_store(str(value)), what, root)
+
+
+def copy_folder(store: Store, what: str, root: Path | None = None) -> Path:
+    """Every object below the store's root copied into the cache (a file kept while its size and time
+    match the store's); files the store no longer has are removed. Returns the cached folder."""
     wanted = {key: info for key, info in store.list_info("").items() if not key.endswith("/")}
     if not wanted:
-        raise UserError(f"{what} {url} holds no files")
-    folder = cache_path(url, root)
+        raise UserError(f"{what} {store.url} holds no files")
+    folder = cache_path(store.url, root)
     for key, (size, modified) in sorted(wanted.items()):
-        fetch_file(store, key, folder / key, size, _nanoseconds(modified))
+        fetch_file(store, key, folder / key, size, nanoseconds(modified))
     for stale in [path for path in folder.rglob("*") if path.is_file() and not path.name.startswith(".")
                   and path.relative_to(folder).as_posix() not in wanted]:
         stale.unlink(missing_ok=True)
@@ -116,18 +128,39 @@ def files_under(folder: Path) -> list[str]:
                   if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts))
 
 
+def needs_upload(path: Path, remote: tuple[int, float | None] | None) -> bool:
+    """Missing on the store, another size there, or written here after the store's copy was (a
+    rebuilt file often keeps its size). Whole-second store clocks may upload a file twice, never
+    leave a stale one."""
+    if remote is None or remote[1] is None:
+        return True
+    size, modified = remote
+    stat = path.stat()
+    return stat.st_size != size or stat.st_mtime_ns > nanoseconds(modified)
+
+
 def publish_folder(folder: Path, store: Store, last: Sequence[str] = (), skip: Iterable[str] = ()) -> int:
-    """Upload every file of `folder` whose size differs on the store (or is missing there), each whole;
-    the keys in `last` go up at the end, in that order (the files a reader takes as "complete").
-    Returns how many files were uploaded."""
-    keys = [key for key in files_under(folder) if key not in set(skip)]
+    """Upload every file of `folder` the store lacks or holds an older copy of (`needs_upload`), each
+    whole; the keys in `last` go up at the end, in that order, always (the files a reader takes as
+    "complete"). Returns how many files were uploaded."""
+    skipped, final = set(skip), set(last)
+    keys = [key for key in files_under(folder) if key not in skipped]
+    present = set(keys)
     remote = store.list_info("")
-    ordered = [key for key in keys if key not in last] + [key for key in last if key in keys]
+    ordered = [key for key in keys if key not in final] + [key for key in last if key in present]
     uploaded = 0
     for key in ordered:
         local = folder / key
-        if key not in last and key in remote and remote[key][0] == local.stat().st_size:
+        if key not in final and not needs_upload(local, remote.get(key)):
             continue
         store.put_file(local, key)
         uploaded += 1
     return uploaded
+
+
+def open_folder_store(url: str) -> Store:
+    """The store of a folder URL (a corpus, a published folder), checked with one listing: a refused,
+    unreachable or missing bucket is a SystemFault (exit 5) before any work."""
+    store = Store.for_url(url.rstrip("/"))
+    store.check_access()
+    return store

@@ -13,6 +13,7 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -85,7 +86,7 @@ class CredentialsRejected(SystemFault):
 def run_download(args: argparse.Namespace) -> int:
     """CLI handler: the catalog from --csv/--ids, then download_all (to a folder or, with an --out URL,
     through a work folder to the store), then the summary table."""
-    catalog = load_catalog(args.csv, args.ids)
+    catalog = load_catalog(*source_lists(args))
     if args.limit:
         catalog = catalog.head(args.limit)
     plan = plan_from_args(args)
@@ -105,6 +106,16 @@ def run_download(args: argparse.Namespace) -> int:
               f"the run's state in {plan.out}")
     print(manifest_summary(plan.out))
     return 0
+
+
+def source_lists(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """(--csv, --ids) as local files: a path as given, an s3:// / gs:// object's copy in the local
+    cache (downloaded once, reused while unchanged; the catalog streams it like any file)."""
+    from howto_prep.local_copies import local_file
+
+    csv_path = local_file(args.csv, "--csv") if args.csv is not None else None
+    ids_path = local_file(args.ids, "--ids") if args.ids is not None else None
+    return csv_path, ids_path
 
 
 # What select_work learns of each catalog entry from the manifest.

@@ -14,6 +14,7 @@ from pathlib import Path
 from howto_prep.cli_support import is_store_url
 from howto_prep import schema
 from howto_prep.errors import UserError
+from howto_prep.local_copies import local_file, local_input
 from howto_prep.extract.annotations import ClipList, ClipRecord, load_clips_csv, load_msrvtt, load_youcook2
 from howto_prep.extract.failure_storm import DEFAULT_THRESHOLD
 from howto_prep.extract.inputs import check_weights
@@ -68,6 +69,7 @@ class ExtractPlan:
     actor_timeout_s: float = DEFAULT_ACTOR_TIMEOUT_S  # then the actor is killed and restarted
     failure_storm: int = DEFAULT_THRESHOLD  # identical failures in a row that stop the run as a system fault
     store_url: str | None = None  # --out s3://...: `out` is then the local work folder (shard_store.py)
+    copied_inputs: tuple[str, ...] = ()  # the options (--captions, ...) given as URLs: read from cached copies
     publisher: Any = None  # shard_store.ShardPublisher while a video-level set goes to `store_url`
 
     def wants(self, name: str) -> bool:
@@ -88,9 +90,10 @@ def plan_from_args(args: argparse.Namespace) -> ExtractPlan:
         check_model_weights(args.weights_2d, "--weights-2d", ("imagenet", "random"))
     if schema.RESNEXT101.name in features:
         check_model_weights(args.weights_3d, "--weights-3d", ("random",))
-    if args.word2vec is None and (clip_annotations is not None or schema.TOKENS_FEATURE in features):
+    needs_word2vec = clip_annotations is not None or schema.TOKENS_FEATURE in features
+    if args.word2vec is None and needs_word2vec:
         raise UserError("--word2vec FILE.bin is required to tokenise captions (or leave tokens out of --features)")
-    if args.word2vec is not None and not Path(args.word2vec).is_file():
+    if args.word2vec is not None and not is_store_url(args.word2vec) and not Path(args.word2vec).is_file():
         raise UserError(f"--word2vec {args.word2vec} does not exist")
     for option, seconds in (("--decode-timeout", args.decode_timeout), ("--actor-timeout", args.actor_timeout)):
         if not seconds > 0:
@@ -100,8 +103,14 @@ def plan_from_args(args: argparse.Namespace) -> ExtractPlan:
     out, store_url = output_folder(args.out, getattr(args, "work", None))
     # absolute: agents and decode tasks run in Ray workers, whose working folder is not this one
     videos = args.videos if is_store_url(args.videos) else absolute(args.videos)
+    # last, after every cheap check: a URL's object is downloaded here (gigabytes for word2vec)
+    captions, csv_path = local_input(args.captions, "--captions"), local_input(args.csv, "--csv")
+    fetch_word2vec = needs_word2vec or not is_store_url(args.word2vec)  # an unused URL is not downloaded
+    word2vec = local_input(args.word2vec, "--word2vec") if fetch_word2vec else None
+    given = {"--captions": args.captions, "--word2vec": args.word2vec if fetch_word2vec else None, "--csv": args.csv}
+    copied = tuple(option for option, value in given.items() if is_store_url(value))
     return ExtractPlan(videos_dir=videos, out=absolute(out), store_url=store_url, features=features,
-                       captions=absolute(args.captions), word2vec=absolute(args.word2vec), csv=absolute(args.csv),
+                       captions=captions, word2vec=word2vec, csv=csv_path, copied_inputs=copied,
                        weights_2d=args.weights_2d, weights_3d=args.weights_3d,
                        gpus=args.gpus, gpu_share=args.gpu_share, workers=args.workers,
                        shard_size=args.shard_size, prefix=args.prefix,
@@ -112,6 +121,11 @@ def plan_from_args(args: argparse.Namespace) -> ExtractPlan:
 
 def absolute(path: Path | None) -> Path | None:
     return None if path is None else Path(path).absolute()
+
+
+def annotation_file(value: Path | str | None, option: str) -> Path | None:
+    """An annotation file (read by the driver only, here): a path as given, or a URL's cached copy."""
+    return None if value is None else local_file(value, option)
 
 
 def output_folder(out: Path | str, work: Path | None) -> tuple[Path, str | None]:
@@ -140,13 +154,14 @@ def read_clip_annotations(args: argparse.Namespace) -> ClipAnnotations | None:
     if args.test_list is not None and args.msrvtt is None:
         raise UserError("--test-list only applies with --msrvtt")
     if args.youcook2 is not None:
-        source = load_youcook2(args.youcook2, args.split or "validation")
+        source = load_youcook2(annotation_file(args.youcook2, "--youcook2"), args.split or "validation")
     elif args.msrvtt is not None:
-        source = load_msrvtt(args.msrvtt, args.split or "test", args.test_list)
+        source = load_msrvtt([annotation_file(info, "--msrvtt") for info in args.msrvtt], args.split or "test",
+                             annotation_file(args.test_list, "--test-list"))
     elif args.clips is not None:
         if args.split is not None:
             raise UserError("--split only applies with --youcook2 or --msrvtt")
-        source = load_clips_csv(args.clips)
+        source = load_clips_csv(annotation_file(args.clips, "--clips"))
     else:
         if args.split is not None:
             raise UserError("--split only applies with --youcook2 or --msrvtt")

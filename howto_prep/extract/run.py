@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 from howto_prep import schema, shards
-from howto_prep.errors import UserError
+from howto_prep.errors import SystemFault, UserError
 from howto_prep.extract.failure_storm import FailureStorm
 from howto_prep.extract.plan import ExtractPlan
 
@@ -111,15 +111,37 @@ def start_ray(plan: ExtractPlan) -> tuple[list, dict[str, dict]]:
 
 
 def check_nodes(plan: ExtractPlan) -> None:
-    """Every node must see the output and the inputs (a shared filesystem): checked before any work."""
+    """Every node must see the output and the inputs (a shared filesystem): checked before any work.
+
+    An input given as a URL is read from its copy in the driver's cache: the agents open caption.json
+    and the .bin there, so on a cluster that cache must be on the shared filesystem (the check says
+    so); a copied --csv is read by the driver alone and is not checked."""
     from howto_prep.node_check import check_nodes_see
 
     paths = {"--out": plan.out}
     if not isinstance(plan.videos_dir, str):  # a URL is read by each node from the store
         paths["--videos"] = plan.videos_dir
     paths.update({option: path for option, path in (("--captions", plan.captions), ("--word2vec", plan.word2vec),
-                                                    ("--csv", plan.csv)) if path is not None})
-    check_nodes_see(paths)
+                                                    ("--csv", plan.csv))
+                  if path is not None and not (option == "--csv" and option in plan.copied_inputs)})
+    try:
+        check_nodes_see(paths)
+    except SystemFault as err:
+        hint = cache_hint(plan, str(err))
+        if not hint:
+            raise
+        raise SystemFault(f"{err}{hint}") from None
+
+
+def cache_hint(plan: ExtractPlan, message: str) -> str:
+    """What to do when a node misses an input the driver copied from a store into its local cache."""
+    from howto_prep.local_copies import CACHE_VARIABLE, cache_root
+
+    copied = [option for option in plan.copied_inputs if option in message]
+    if not copied:
+        return ""
+    return (f" ({', '.join(copied)} came from a URL and is read from its copy in {cache_root()}: set "
+            f"{CACHE_VARIABLE} to a folder on the shared filesystem)")
 
 
 def cpu_nodes() -> list[dict]:
