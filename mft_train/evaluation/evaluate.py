@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -27,6 +28,7 @@ from mft_train.data.reader import SkipPolicy
 from mft_train.data.store_set import is_store_url, url_name
 from mft_train.evaluation.encode import encode_clips
 from mft_train.evaluation.report import format_table, report_title, save_report
+from mft_train.evaluation.stored_report import StoredReport
 from mft_train.evaluation.scoring import COMBINATIONS, SentenceQueries, combo_name, score_embeddings, similarities_for
 from mft_train.models import build_model
 from mft_train.presets import apply_override
@@ -171,6 +173,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Check the inputs cheaply (checkpoint, clip set, --num-expected), then encode, score, print, save."""
     if args.num_expected is not None and args.num_expected <= 0:
         raise UserError(f"--num-expected must be a positive number of clips, got {args.num_expected}")
+    stored = StoredReport(str(args.json)) if is_store_url(args.json) else None  # the store checked before any work
     state = load_checkpoint(local_checkpoint(args.checkpoint))  # a URL: downloaded once into the cache
     raw = dict(state["config"])
     for override in getattr(args, "overrides", None) or []:
@@ -186,7 +189,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for similarity, results in report["results"].items():
         print(format_table(results, report["num_expected"], report_title(report, similarity)))
         print()
-    json_path, png, queries = save_report(report, args.json or default_json_path(report_base(args.checkpoint, state), args.shards))
+    if stored is None:
+        target = args.json or default_json_path(report_base(args.checkpoint, state), args.shards)
+        json_path, png, queries = save_report(report, target)
+    else:
+        with tempfile.TemporaryDirectory(prefix="mft-train-report-") as folder:
+            json_path, png, queries = save_report(report, Path(folder) / stored.name)
+            stored.publish(json_path, png, queries)
+        json_path, png, queries = (stored.url_of(path) for path in (json_path, png, queries))
     print(f"evaluate: wrote {json_path}, {queries} (one line per query) and {png}", file=sys.stderr)
     skips.report("evaluate")
     return 0

@@ -15,6 +15,10 @@ of that config accepts exactly these tensors, then write the run folder:
   imported.json  where it came from: file, sha256, their arch (as saved) and model class (resolved),
                  epoch, step, monitor_best, their config
 Their optimizer state is not kept (our fine-tuning starts its own optimiser).
+
+CHECKPOINT may be an s3:// / gs:// URL (downloaded once into the cache, then read the same safe way),
+and --out a URL: the run folder is written in a local work folder, then published by RunMirror
+(best.pt, imported.json, config.yaml last), where `evaluate/embed/finetune --checkpoint URL` find it.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from howto_prep.cli_support import is_store_url
 from howto_prep.errors import UserError
 from howto_prep.files import atomic_write_json, atomic_write_text, file_sha256
+from howto_prep.local_copies import local_file
 from mft_train.config import RunConfig
 from mft_train.interop.eao_layout import (check_their_keys, convert_state_dict, infer_model_config,
                                           strip_data_parallel, their_arch_type, their_heads)
@@ -37,6 +43,7 @@ from mft_train.models import build_model
 from mft_train.presets import dump_config, load_raw
 from mft_train.training import checkpoints
 from mft_train.training.run_folder import CONFIG_FILE
+from mft_train.training.run_store import RunMirror, run_location
 
 ARCHES = ("EverythingAtOnceModel", "EverythingAtOnceModel_TV_Only")  # the same parameters
 WRAPPER_ARCHES = ("DataParallel", "DistributedDataParallel")  # type(self.model).__name__ of a wrapped model
@@ -140,8 +147,9 @@ def convert(checkpoint: AuthorsCheckpoint, config: RunConfig) -> tuple[dict[str,
 
 
 def import_checkpoint(source: Path, out: Path, heads: int | None = None, preset: str | None = None,
-                      overrides: list[str] | None = None) -> dict:
-    """Write the run folder `out` from the authors' checkpoint `source`; returns the import record."""
+                      overrides: list[str] | None = None, source_name: str | None = None) -> dict:
+    """Write the run folder `out` from the authors' checkpoint `source`; returns the import record
+    (`source_name`: what to record as the source instead of the file's path, e.g. the URL it came from)."""
     source, out = Path(source), Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a new folder for the run")
@@ -152,7 +160,7 @@ def import_checkpoint(source: Path, out: Path, heads: int | None = None, preset:
     model_cfg = infer_model_config(checkpoint.state_dict, checkpoint.meta.get("config"), heads)
     config = run_config_for(model_cfg, preset, list(overrides or []))
     state_dict, dropped, parameters = convert(checkpoint, config)
-    record = {**checkpoint.meta, "source": str(source.resolve()), "source_sha256": file_sha256(source),
+    record = {**checkpoint.meta, "source": source_name or str(source.resolve()), "source_sha256": file_sha256(source),
               "dropped_keys": dropped, "mapped_keys": len(state_dict), "parameters": parameters,
               "heads_from": "--heads" if heads else ("their config" if their_heads(checkpoint.meta.get("config")) else "paper default")}
     epoch = record.get("epoch")
@@ -167,11 +175,33 @@ def import_checkpoint(source: Path, out: Path, heads: int | None = None, preset:
     return record
 
 
+def check_store_free(mirror: RunMirror) -> None:
+    """Refuse an --out URL that holds a run (config.yaml, a pointer or step checkpoints); a best.pt
+    alone is a killed import's upload, replaced as a best.pt without config.yaml is on disk."""
+    store = mirror.store
+    if store.exists(CONFIG_FILE) or mirror.pointer() is not None or store.list(f"{checkpoints.CHECKPOINT_DIR}/*.pt"):
+        raise UserError(f"{mirror.url} already holds a run; choose another --out")
+
+
+def restage(work: Path) -> None:
+    """A work folder holding an earlier import for this URL (its upload stopped: the store has no run)
+    is redone: its config.yaml, the folder's "complete" mark, goes first, so the import writes anew."""
+    if (work / IMPORT_FILE).is_file() and (work / CONFIG_FILE).is_file() and not checkpoints.latest_checkpoint(work):
+        (work / CONFIG_FILE).unlink()
+
+
 def run_import_eao(args: argparse.Namespace) -> int:
     if args.heads is not None and args.heads <= 0:
         raise UserError(f"--heads must be positive, got {args.heads}")
-    record = import_checkpoint(Path(args.checkpoint), Path(args.out), args.heads, args.config, args.overrides)
-    out = Path(args.out)
+    out, mirror = run_location(args.out, getattr(args, "work", None))  # a URL: its local work folder
+    if mirror is not None:
+        check_store_free(mirror)
+        restage(out)
+    source = local_file(args.checkpoint, "checkpoint")  # a URL: downloaded once, read by the same safe loader
+    name = str(args.checkpoint) if is_store_url(args.checkpoint) else None
+    record = import_checkpoint(source, out, args.heads, args.config, args.overrides, source_name=name)
+    if mirror is not None:
+        mirror.publish_finished_run((IMPORT_FILE,))
     arch = record.get("arch")
     if arch and arch != record["model_class"]:
         arch = f"{arch} of {record['model_class']}"
@@ -183,6 +213,8 @@ def run_import_eao(args: argparse.Namespace) -> int:
           f"{record['mapped_keys']} tensors mapped{unused}")
     print(f"import-eao: wrote {out}/{CONFIG_FILE}, {out}/{checkpoints.BEST_FILE} ({record['parameters']:,} parameters, "
           f"heads from {record['heads_from']}) and {out}/{IMPORT_FILE}")
-    print(f"next: mft-train evaluate --checkpoint {out} --shards CLIP_SET | "
-          f"mft-train embed --checkpoint {out} --shards SHARDS --out INDEX")
+    if mirror is not None:
+        print(f"import-eao: published {mirror.url} ({checkpoints.BEST_FILE} first, {CONFIG_FILE} last)")
+    print(f"next: mft-train evaluate --checkpoint {args.out} --shards CLIP_SET | "
+          f"mft-train embed --checkpoint {args.out} --shards SHARDS --out INDEX")
     return 0

@@ -7,5 +7,7 @@
 - embed: `mft-train embed`, resumable per shard.
 - query: a text query -> word vectors (the shards' tokenisation rule and vocabulary) -> embedding.
 - search: `mft-train search` (table, JSON), html: the results page with keyframe thumbnails.
+- stored_index: an index on an s3:// / gs:// URL (published from a work folder, index.json last; read
+  through a cached copy, only when complete).
 - synthetic_check: precision@k of a search against the synthetic corpus's ground truth (the demo).
 """

@@ -39,6 +39,7 @@ from mft_train.interop.safe_load import load_weights_only
 from mft_train.presets import apply_override
 from mft_train.retrieval import index_store, vectors
 from mft_train.retrieval.fingerprint import fingerprint
+from mft_train.retrieval.stored_index import IndexPublisher, checkpoint_url, index_location, report_published
 from mft_train.retrieval.windows import WindowSpec, window_bounds, window_inputs, window_spec
 from mft_train.training.checkpoints import load_checkpoint
 from mft_train.training.device import autocast_context, available_device, choose_device, move_batch
@@ -206,17 +207,22 @@ def embed_shard(embedder: WindowEmbedder, url: str, root: Location, spec: Window
     return part, {"windows": len(ids), "videos": videos, "video_seconds": seconds}
 
 
-def identity_of(state: dict, shards: ShardSet, vocab: dict, spec: WindowSpec) -> dict:
+def identity_of(state: dict, shards: ShardSet, vocab: dict, spec: WindowSpec, source: str | None = None) -> dict:
+    """What the index is built from; `source`, the checkpoint's URL when it came from a store, lets a
+    search on another machine fetch it (the fingerprint's path is this machine's cached copy)."""
     config = state["config"]
+    model = {"checkpoint": fingerprint(Path(state["path"])), "step": state.get("step"), "config": config}
+    if source:
+        model["source"] = source
     return {
-        "model": {"checkpoint": fingerprint(Path(state["path"])), "step": state.get("step"), "config": config},
+        "model": model,
         "shards": {"root": location_name(shards.root)},
         "vocab": vocab,
         "windows": spec.to_dict(),
     }
 
 
-def check_same_index(existing: dict, identity: dict, out: Path) -> None:
+def check_same_index(existing: dict, identity: dict, out: Location) -> None:
     """Refuse to mix embeddings of another checkpoint, shard set or window setting into one index."""
     if existing["model"]["checkpoint"]["sha256"] != identity["model"]["checkpoint"]["sha256"]:
         raise UserError(f"{out} holds embeddings of another checkpoint ({existing['model']['checkpoint']['path']}); "
@@ -236,19 +242,21 @@ def run_embed(args: argparse.Namespace) -> int:
     vocab = vocab_identity(args.vocab if args.vocab else args.shards, args.vocab is not None)
     spec = window_spec(*pretraining_clip(state, config), args.window, args.stride)
     vectors.choose_type(args.index_type, 0)  # a bad --index-type fails before any work
-    out = Path(args.out)
+    out, publisher = index_location(args.out, getattr(args, "work", None))  # a URL: its local work folder
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the index")
-    identity = identity_of(state, shards, vocab, spec)
+    identity = identity_of(state, shards, vocab, spec, checkpoint_url(args.checkpoint, state["path"]))
     if (out / index_store.MANIFEST).exists():
         check_same_index(index_store.read_manifest(out, complete=False), identity, out)
+    plan = [(url, count, shard_identity(url), index_store.part_file(out, url)) for url, count in zip(shards.urls, shards.counts)]
+    if publisher is not None and finished_on_store(publisher, identity, plan, args.index_type):
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"format": index_store.FORMAT, "version": index_store.VERSION, "complete": False, **identity}
     index_store.write_manifest(out, manifest)
 
     device = choose_device(config.train.device, available_device())
     embedder = WindowEmbedder(state, device)
-    plan = [(url, count, shard_identity(url), index_store.part_file(out, url)) for url, count in zip(shards.urls, shards.counts)]
     done = [index_store.part_identity(path) == ident for _, _, ident, path in plan]
     print(f"embed: {shards.num_videos} videos in {len(plan)} shards of {shards.root} ({sum(done)} shards already "
           f"embedded); windows of {spec.seconds:g} s every {spec.stride:g} s ({spec.video_tokens} video tokens, "
@@ -269,8 +277,28 @@ def run_embed(args: argparse.Namespace) -> int:
         bar.set_postfix(windows_s=f"{new['windows'] / max(new['seconds'], 1e-9):.1f}")
     bar.close()
     finish_index(out, manifest, plan, args.index_type, new)
+    if publisher is not None:
+        report_published(publisher, publisher.publish())  # index.json last: the commit on the store
     skips.report("embed")
     return 0
+
+
+def finished_on_store(publisher: IndexPublisher, identity: dict, plan: list, index_type: str) -> bool:
+    """Look at the --out URL before any work: True when it already holds this very index, complete;
+    otherwise its parts of unchanged shards are copied into the work folder (not embedded again)."""
+    stored = publisher.stored_manifest()
+    if stored is None:
+        return False
+    check_same_index(stored, identity, publisher.url)
+    if publisher.up_to_date(stored, identity, plan, index_type):
+        stats = stored.get("stats", {})
+        print(f"embed: {publisher.url} already holds this index, complete ({stats.get('windows')} windows of "
+              f"{stats.get('videos')} videos); nothing to do", file=sys.stderr)
+        return True
+    pulled = publisher.pull_parts(stored, plan)
+    if pulled:
+        print(f"embed: copied {pulled} shards' parts from {publisher.url} into {publisher.work}", file=sys.stderr)
+    return False
 
 
 def finish_index(out: Path, manifest: dict, plan: list, index_type: str, new: dict) -> None:

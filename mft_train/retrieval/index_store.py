@@ -50,12 +50,18 @@ def read_manifest(root: Path, complete: bool = True) -> dict:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError):
         raise UserError(f"{root} is not an embedding index (no readable {MANIFEST}); build one with `mft-train embed`") from None
+    return checked_manifest(manifest, str(root), complete)
+
+
+def checked_manifest(manifest: object, where: str, complete: bool = True) -> dict:
+    """`manifest` if it is an index manifest this tool reads (and, with `complete`, a finished one);
+    UserError naming `where` (a folder or a URL) otherwise."""
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UserError(f"{root} is not an embedding index ({MANIFEST} is not one of `mft-train embed`)")
+        raise UserError(f"{where} is not an embedding index ({MANIFEST} is not one of `mft-train embed`)")
     if manifest.get("version") != VERSION:
-        raise UserError(f"{root} is an index of format version {manifest.get('version')}; this tool reads {VERSION}")
+        raise UserError(f"{where} is an index of format version {manifest.get('version')}; this tool reads {VERSION}")
     if complete and not manifest.get("complete"):
-        raise UserError(f"index {root} is unfinished; rerun the same `mft-train embed` command to complete it")
+        raise UserError(f"index {where} is unfinished; rerun the same `mft-train embed` command to complete it")
     return manifest
 
 

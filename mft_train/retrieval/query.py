@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from howto_prep import schema
-from howto_prep.cli_support import Location, location
+from howto_prep.cli_support import Location, is_store_url, location
 from howto_prep.errors import UserError
 from howto_prep.features.tokens import tokenize
 from mft_train.config import RunConfig
@@ -28,6 +28,7 @@ from mft_train.evaluation.evaluate import model_from_checkpoint
 from mft_train.retrieval.embed import checkpoint_state
 from mft_train.retrieval.fingerprint import same_file
 from mft_train.training.device import autocast_context, available_device, choose_device, move_batch
+from mft_train.training.run_store import local_checkpoint
 
 EMPTY_AUDIO_FRAMES = 64  # one DAVEnet token's worth of (masked) frames for a text-only batch
 
@@ -72,21 +73,34 @@ class Vocabulary:
         return np.asarray(self.table.vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
 
 
+def index_checkpoint(manifest: dict, given: Location | None) -> Path:
+    """The checkpoint file queries go through: --checkpoint (a path, or a URL fetched once into the
+    cache), else the path the index recorded, else, when that is not on this machine, the checkpoint
+    URL the index recorded (an index embedded from a store's checkpoint). Its bytes are checked after."""
+    if given:
+        path = local_checkpoint(given)
+    else:
+        path = Path(manifest["model"]["checkpoint"]["path"])
+        source = manifest["model"].get("source")
+        if not path.exists() and is_store_url(source):
+            path = local_checkpoint(source)
+    if not path.exists():
+        raise UserError(f"the index's checkpoint {path} is gone; pass --checkpoint with the same file")
+    return path
+
+
 class QueryEncoder:
     """The index's checkpoint (text branch) and vocabulary; `encode(text)` -> (QueryWords, unit embedding)."""
 
-    def __init__(self, manifest: dict, checkpoint: Path | None = None, vocab_root: Path | None = None,
+    def __init__(self, manifest: dict, checkpoint: Location | None = None, vocab_root: Location | None = None,
                  overrides: list[str] | None = None) -> None:
         recorded = manifest["model"]["checkpoint"]
-        path = Path(checkpoint) if checkpoint else Path(recorded["path"])
-        if not path.exists():
-            raise UserError(f"the index's checkpoint {path} is gone; pass --checkpoint with the same file")
-        state = checkpoint_state(path, list(overrides or []))
+        state = checkpoint_state(index_checkpoint(manifest, checkpoint), list(overrides or []))
         if not same_file(recorded, Path(state["path"])):
             raise UserError(f"{state['path']} is not the checkpoint the index was embedded with "
                             f"({recorded['path']}, sha256 {recorded['sha256'][:12]}); rebuild the index or pass that file")
         vocab = manifest["vocab"]
-        root = Path(vocab_root) if vocab_root else location(vocab["root"])  # an index of a set on a store: its URL
+        root = vocab_root if vocab_root else location(vocab["root"])  # a set on a store: its URL
         folder = local_vocab(root)  # for a URL, the local copy of the store's vocab/ (downloaded once)
         files = folder / schema.VOCAB_DIR
         if not (same_file(vocab["words"], files / schema.VOCAB_WORDS) and same_file(vocab["vectors"], files / schema.VOCAB_VECTORS)):

@@ -4,7 +4,10 @@ The query goes through the index's own checkpoint and vocabulary (mft_train.retr
 text embedding is scored against the windows' fused video+audio embeddings (`--target va`, the
 paper's t->va) or one modality (`v`, `a`) by the index's faiss index, and the top windows are listed
 with the caption nearest to them in time. `--json` prints the same as JSON instead; `--html FILE`
-writes a page with a keyframe of each hit (decoded from `--videos DIR` when given).
+writes a page with a keyframe of each hit (decoded from `--videos DIR` when given). `--index`,
+`--checkpoint` and `--vocab` may be s3:// / gs:// URLs (mft_train.retrieval.stored_index: a complete
+index copied once into the cache); `--html` and `--videos` stay local (a page a person opens, and
+the videos its keyframes are decoded from).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from howto_prep.errors import UserError
 from mft_train.retrieval import index_store, vectors
 from mft_train.retrieval.query import QueryEncoder, QueryWords
+from mft_train.retrieval.stored_index import local_index
 
 CAPTION_WIDTH = 60
 
@@ -79,15 +83,16 @@ def search_report(args: argparse.Namespace) -> dict:
         raise UserError("the query is empty; give some words, e.g. \"crack the eggs\"")
     if args.top <= 0:
         raise UserError(f"--top must be positive, got {args.top}")
-    manifest = index_store.read_manifest(Path(args.index))
-    searcher = Searcher(Path(args.index), manifest, args.target)
+    root = local_index(args.index)  # a URL: its complete index copied once into the cache
+    manifest = index_store.read_manifest(root)
+    searcher = Searcher(root, manifest, args.target)
     encoder = QueryEncoder(manifest, args.checkpoint, args.vocab, list(args.overrides or []))
     words, embedding = encoder.encode(args.query)
     started = time.perf_counter()
     hits = searcher.search(embedding, args.top, args.nprobe)
     latency = time.perf_counter() - started
     return {"query": args.query, "words": words.used, "out_of_vocabulary": words.out_of_vocabulary,
-            "truncated": words.truncated, "target": args.target, "index": str(Path(args.index)),
+            "truncated": words.truncated, "target": args.target, "index": str(args.index),
             "index_type": vectors.describe(searcher.index), "windows": len(searcher.windows),
             "videos": manifest["stats"]["videos"], "search_ms": round(latency * 1000, 3), "results": hits,
             "_words": words}

@@ -109,6 +109,16 @@ class RunMirror:
         """One finished file of the work folder (best.pt, results.json) under the same key."""
         self.store.put_file(self.work / name, name)
 
+    def publish_finished_run(self, records: tuple[str, ...] = ()) -> None:
+        """A finished run folder without step checkpoints (import-eao's): best.pt whole first, then
+        `records`, then config.yaml last (the disk's "complete" mark). No latest.json: it names step
+        checkpoints only, and readers take best.pt first (`fetch_checkpoint`), an object that appears
+        whole or not at all."""
+        self.publish_file(checkpoints.BEST_FILE)
+        for name in records:
+            self.publish_file(name)
+        self.publish_file(CONFIG_FILE)
+
     def publish_outputs(self) -> None:
         """Every other file the run wrote (fine-tuning's reports): not the checkpoints and best.pt
         (published as they were saved), nor TensorBoard's event files, nor hidden temp files."""
