@@ -47,7 +47,7 @@ def writes(s3: S3Server, prefix: str) -> list[tuple[str, str]]:
     """(method, key) of every PUT and DELETE the store saw below `prefix`, in order."""
     marker = f"/{s3.bucket}/{prefix}/"
     return [(seen.method, seen.path.split(marker, 1)[1].split("?")[0]) for seen in s3.proxy.seen
-            if seen.method in ("PUT", "DELETE") and marker in seen.path]
+            if seen.method in ("PUT", "DELETE") and marker in seen.path and f"{marker}tensorboard/" not in seen.path]
 
 
 def test_pretraining_to_a_url_uploads_each_checkpoint_then_the_pointer_and_prunes_after_it(
@@ -72,6 +72,8 @@ def test_pretraining_to_a_url_uploads_each_checkpoint_then_the_pointer_and_prune
     # each checkpoint whole, then config and metrics, the pointer last; step 1 deleted only after it moved to 3
     assert writes(s3, "runs/x") == per_save(1) + per_save(2) + per_save(3) + [("DELETE", CKPT.format(1))]
     assert f"published to {url}/checkpoints/" in err
+    events = sorted(path.relative_to(work).as_posix() for path in (work / "tensorboard").rglob("*") if path.is_file())
+    assert events and all(stored[key] == (work / key).read_bytes() for key in events)  # as the run left them
 
 
 def test_resume_on_a_fresh_work_folder_continues_from_the_stores_checkpoint(
@@ -196,7 +198,8 @@ def test_finetuning_from_and_to_urls_publishes_best_pt_and_its_reports(
         assert stored[key] == (work / key).read_bytes(), key
     pointer = json.loads(stored["latest.json"])
     assert stored[pointer["checkpoint"]] == (work / pointer["checkpoint"]).read_bytes()
-    assert not any(key.startswith("tensorboard/") for key in stored)
+    events = [path.relative_to(work).as_posix() for path in (work / "tensorboard").rglob("*") if path.is_file()]
+    assert events and all(stored[key] == (work / key).read_bytes() for key in events)  # uploaded at the end too
     other = tmp_path / "other"
     other.mkdir()
     monkeypatch.chdir(other)  # a fresh work folder: the run on the store still counts

@@ -76,6 +76,8 @@ def train(config: RunConfig, shards_dir: Location, run_dir: Path, dist_info: Dis
     if resume:
         trainer.resume()
     result = trainer.run(max_steps)
+    if mirror is not None and dist_info.is_main:
+        mirror.publish_tensorboard()  # the writer is closed now: its last events are on disk
     if dist_info.enabled:
         result.losses = [all_reduce_mean(v, trainer.device) for v in result.losses]
     return result

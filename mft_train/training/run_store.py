@@ -30,6 +30,7 @@ from pathlib import Path
 from howto_prep.cli_support import Location, is_store_url
 from howto_prep.errors import UserError
 from howto_prep.files import atomic_write_bytes
+from howto_prep.local_copies import files_under, needs_upload
 from howto_prep.object_store import Store
 from howto_prep.shard_store import default_work_folder
 from mft_train.data.store_set import cache_folder
@@ -93,9 +94,23 @@ class RunMirror:
         for name in (CONFIG_FILE, METRICS_FILE):
             if (self.work / name).is_file():
                 self.store.put_file(self.work / name, name)
+        self.publish_tensorboard()
         doc = {"format": POINTER_FORMAT, "version": 1, "checkpoint": key, "step": int(step),
                "size": path.stat().st_size, "sha256": file_sha256(path)}
         self.store.put_bytes(POINTER, (json.dumps(doc, indent=1) + "\n").encode())
+
+    def publish_tensorboard(self) -> None:
+        """TensorBoard's event files as far as they are flushed: each uploaded again whole when it has
+        grown (they are append-only), with every checkpoint and when the run ends, so a copy of the
+        store's `tensorboard/` shows the run up to its last checkpoint."""
+        folder = self.work / TENSORBOARD_DIR
+        if not folder.is_dir():
+            return
+        remote = self.store.list_info(TENSORBOARD_DIR)
+        for name in files_under(folder):
+            key = f"{TENSORBOARD_DIR}/{name}"
+            if needs_upload(folder / name, remote.get(key)):
+                self.store.put_file(folder / name, key)
 
     def prune(self, keep: int) -> None:
         """Delete all but the newest `keep` checkpoints on the store (never the pointer's), after it moved."""
@@ -120,8 +135,9 @@ class RunMirror:
         self.publish_file(CONFIG_FILE)
 
     def publish_outputs(self) -> None:
-        """Every other file the run wrote (fine-tuning's reports): not the checkpoints and best.pt
-        (published as they were saved), nor TensorBoard's event files, nor hidden temp files."""
+        """Every other file the run wrote (fine-tuning's reports), TensorBoard's as they are at the end;
+        not the checkpoints and best.pt (published as they were saved), nor hidden temp files."""
+        self.publish_tensorboard()
         skip = {checkpoints.CHECKPOINT_DIR, TENSORBOARD_DIR}
         for path in sorted(p for p in self.work.rglob("*") if p.is_file()):
             relative = path.relative_to(self.work)
