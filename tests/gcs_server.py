@@ -14,7 +14,6 @@ toolkit takes before its create; the precondition itself is enforced only by rea
 from __future__ import annotations
 
 import logging
-import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +22,8 @@ from urllib.parse import unquote
 
 import pytest
 
+from ray_cluster import free_port
 from s3_server import FaultProxy
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -54,7 +48,7 @@ def gcs_emulator() -> Iterator[tuple[str, int]]:
     from gcp_storage_emulator.server import create_server
 
     logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
-    port = _free_port()
+    port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True)
     server.start()
     try:

@@ -12,6 +12,7 @@ never mocked; nothing leaves 127.0.0.1 (instance-metadata lookups are turned off
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import socket
@@ -232,6 +233,28 @@ class S3Server:
         return boto3.client("s3", endpoint_url=f"http://{self.moto[0]}:{self.moto[1]}", region_name=REGION,
                             aws_access_key_id=DUMMY_KEY_ID, aws_secret_access_key=DUMMY_SECRET)
 
+    def objects(self, prefix: str) -> dict[str, bytes]:
+        """Every object below `prefix` (key relative to it -> bytes), read straight from moto."""
+        client = self.client()
+        listing = client.list_objects_v2(Bucket=self.bucket, Prefix=f"{prefix}/").get("Contents", [])
+        return {item["Key"][len(prefix) + 1:]: client.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
+                for item in listing}
+
+    def _requests_below(self, prefix: str, methods: tuple[str, ...]) -> list[tuple[str, str]]:
+        marker = f"/{self.bucket}/{prefix}/"
+        return [(seen.method, seen.path.split(marker, 1)[1].split("?")[0]) for seen in self.proxy.seen
+                if seen.method in methods and marker in seen.path]
+
+    def writes(self, prefix: str, leave_out: str | None = None) -> list[tuple[str, str]]:
+        """(method, key) of every PUT and DELETE the store saw below `prefix`, in order (keys starting
+        with `leave_out` left out)."""
+        return [(method, key) for method, key in self._requests_below(prefix, ("PUT", "DELETE"))
+                if not (leave_out and key.startswith(leave_out))]
+
+    def reads(self, prefix: str) -> list[str]:
+        """Keys below `prefix` whose bytes were fetched (GET of an object, not a listing)."""
+        return [key for _, key in self._requests_below(prefix, ("GET",))]
+
     def pending_uploads(self) -> list[str]:
         """Keys of multipart uploads begun and neither completed nor aborted (storage that would leak)."""
         return [u["Key"] for u in self.client().list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])]
@@ -279,10 +302,11 @@ def _clear_fsspec_instances() -> None:
     s3fs.S3FileSystem.clear_instance_cache()
 
 
-@pytest.fixture
-def s3(moto_server: tuple[str, int], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[S3Server]:
+@contextlib.contextmanager
+def serving_bucket(moto_server: tuple[str, int], patch: pytest.MonkeyPatch, base: Path) -> Iterator[S3Server]:
+    """A fresh bucket behind a new fault proxy, the AWS environment set through `patch` meanwhile."""
     proxy = FaultProxy(moto_server).start()
-    isolate_aws_environment(monkeypatch, tmp_path, proxy.endpoint)
+    isolate_aws_environment(patch, base, proxy.endpoint)
     server = S3Server(f"test-{uuid.uuid4().hex[:12]}", proxy, moto_server)
     server.client().create_bucket(Bucket=server.bucket)
     _clear_fsspec_instances()
@@ -291,3 +315,9 @@ def s3(moto_server: tuple[str, int], monkeypatch: pytest.MonkeyPatch, tmp_path: 
     finally:
         _clear_fsspec_instances()
         proxy.stop()
+
+
+@pytest.fixture
+def s3(moto_server: tuple[str, int], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[S3Server]:
+    with serving_bucket(moto_server, monkeypatch, tmp_path) as server:
+        yield server

@@ -53,25 +53,10 @@ def local_index(sets: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def objects(s3: S3Server, prefix: str) -> dict[str, bytes]:
-    client = s3.client()
-    listing = client.list_objects_v2(Bucket=s3.bucket, Prefix=f"{prefix}/").get("Contents", [])
-    return {item["Key"][len(prefix) + 1:]: client.get_object(Bucket=s3.bucket, Key=item["Key"])["Body"].read()
-            for item in listing}
 
 
-def writes(s3: S3Server, prefix: str) -> list[tuple[str, str]]:
-    """(method, key) of every PUT and DELETE the store saw below `prefix`, in order."""
-    marker = f"/{s3.bucket}/{prefix}/"
-    return [(seen.method, seen.path.split(marker, 1)[1].split("?")[0]) for seen in s3.proxy.seen
-            if seen.method in ("PUT", "DELETE") and marker in seen.path]
 
 
-def reads(s3: S3Server, prefix: str) -> list[str]:
-    """Keys below `prefix` whose bytes were fetched (GET of an object, not a listing)."""
-    marker = f"/{s3.bucket}/{prefix}/"
-    return [seen.path.split(marker, 1)[1].split("?")[0] for seen in s3.proxy.seen
-            if seen.method == "GET" and marker in seen.path]
 
 
 def files_of(folder: Path) -> list[str]:
@@ -123,10 +108,10 @@ def test_embedding_to_a_url_publishes_the_folders_index_json_last_and_a_fresh_re
     monkeypatch.chdir(tmp_path)
     url = s3.url("index")
     assert main(embed_args(sets, url)) == 0
-    stored = objects(s3, "index")
+    stored = s3.objects("index")
     assert_same_index(stored, local_index)
     assert json.loads(stored["index.json"])["complete"]
-    first = writes(s3, "index")
+    first = s3.writes("index")
     assert first[-1] == ("PUT", "index.json") and [key for _, key in first].count("index.json") == 1
     assert {key for _, key in first} == set(stored)  # every file uploaded once, the manifest after all of them
     work = tmp_path / ".howto-prep" / "work" / "s3" / s3.bucket / "index"
@@ -138,16 +123,16 @@ def test_embedding_to_a_url_publishes_the_folders_index_json_last_and_a_fresh_re
     capsys.readouterr()
     assert main(embed_args(sets, url)) == 0
     assert "already holds this index, complete" in capsys.readouterr().err
-    assert writes(s3, "index") == first and not (fresh / ".howto-prep").exists()  # nothing embedded or written
+    assert s3.writes("index") == first and not (fresh / ".howto-prep").exists()  # nothing embedded or written
 
     # another index type: the store's parts are copied back (not embedded again), only faiss files change;
     # the old index.json goes first, so no reader pairs it with the new faiss files, and comes back last
     assert main(embed_args(sets, url, "--index-type", "ivf")) == 0
     err = capsys.readouterr().err
     assert "copied 2 shards' parts" in err and "(2 shards already embedded)" in err
-    assert writes(s3, "index")[len(first):] == [("DELETE", "index.json")] + [("PUT", k) for k in FAISS] + [
+    assert s3.writes("index")[len(first):] == [("DELETE", "index.json")] + [("PUT", k) for k in FAISS] + [
         ("PUT", "index.json")]
-    assert json.loads(objects(s3, "index")["index.json"])["index"]["type"] == "ivf"
+    assert json.loads(s3.objects("index")["index.json"])["index"]["type"] == "ivf"
     assert_no_secret_in_files(tmp_path)
 
 
@@ -162,18 +147,18 @@ def test_a_refused_upload_leaves_no_index_json_and_the_rerun_resumes_from_the_wo
     capsys.readouterr()
     assert main(embed_args(sets, url, checkpoint=s3.url("run"))) == 5
     assert one_error_line(capsys).startswith(f"mft-train: system fault: object store refused upload {url}/va.faiss")
-    assert "index.json" not in objects(s3, "index") and "parts/shard-000000.npz" in objects(s3, "index")
+    assert "index.json" not in s3.objects("index") and "parts/shard-000000.npz" in s3.objects("index")
 
     # the half-published index is never searched, and none of its files is downloaded
     assert main(["search", "--index", url, query_words(sets), *DEVICE]) == 2
     assert f"index {url} has no index.json: it is unfinished or still being published" in one_error_line(capsys)
-    assert reads(s3, "index") == [] and not (store_cache / "stores" / "s3" / s3.bucket / "index").exists()
+    assert s3.reads("index") == [] and not (store_cache / "stores" / "s3" / s3.bucket / "index").exists()
 
     s3.proxy.clear()
     assert main(embed_args(sets, url, checkpoint=s3.url("run"))) == 0
     assert "(2 shards already embedded)" in capsys.readouterr().err  # from the work folder: no shard embedded again
-    assert writes(s3, "index")[-1] == ("PUT", "index.json")
-    stored = objects(s3, "index")
+    assert s3.writes("index")[-1] == ("PUT", "index.json")
+    stored = s3.objects("index")
     assert_same_index(stored, local_index)
     assert json.loads(stored["index.json"])["model"]["source"] == checkpoint
     assert_no_secret_in_files(tmp_path)
@@ -191,10 +176,10 @@ def test_searching_an_index_url_gives_the_folders_results_and_copies_it_once(
     local = search(str(local_index), query, capsys)
     remote = search(url, query, capsys)
     assert remote["results"] == local["results"] and len(remote["results"]) == 5 and remote["index"] == url
-    downloads = len(reads(s3, "idx"))
+    downloads = len(s3.reads("idx"))
     assert downloads >= len(files_of(local_index))
     assert search(url, query, capsys)["results"] == local["results"]
-    assert len(reads(s3, "idx")) == downloads + 1  # only index.json is read again: the copy is reused
+    assert len(s3.reads("idx")) == downloads + 1  # only index.json is read again: the copy is reused
 
     # the checkpoint and the vocabulary on the store as well (an index whose inputs moved there)
     run = s3.url("run")
@@ -215,7 +200,7 @@ def test_an_index_url_without_a_finished_index_json_is_refused(
     Store.for_url(url).put_bytes("index.json", json.dumps(unfinished).encode())
     assert main(["search", "--index", url, query, *DEVICE]) == 2
     assert f"index {url} is unfinished" in one_error_line(capsys)
-    assert reads(s3, "half") == ["index.json"] and not (store_cache / "stores").exists()
+    assert s3.reads("half") == ["index.json"] and not (store_cache / "stores").exists()
     assert main(["search", "--index", s3.url("nothing"), query, *DEVICE]) == 2
     assert "does not exist; build it with `mft-train embed --out" in one_error_line(capsys)
 
@@ -251,8 +236,8 @@ def test_a_rewritten_file_of_the_same_size_replaces_the_stores_copy(s3: S3Server
     assert publisher.publish() == 2
     (work / "parts" / "x.npz").write_bytes(b"again")
     assert publisher.publish() == 2
-    assert objects(s3, "same") == {"parts/x.npz": b"again", "index.json": b"{}"}
-    assert writes(s3, "same")[-3:] == [("DELETE", "index.json"), ("PUT", "parts/x.npz"), ("PUT", "index.json")]
+    assert s3.objects("same") == {"parts/x.npz": b"again", "index.json": b"{}"}
+    assert s3.writes("same")[-3:] == [("DELETE", "index.json"), ("PUT", "parts/x.npz"), ("PUT", "index.json")]
 
 
 def test_import_eao_from_and_to_urls_makes_a_run_that_evaluate_reads_and_reports_to_a_url(
@@ -267,9 +252,9 @@ def test_import_eao_from_and_to_urls_makes_a_run_that_evaluate_reads_and_reports
     monkeypatch.chdir(tmp_path)
     run = s3.url("runs/released")
     assert main(["import-eao", s3.url("released/c.pth"), "--out", run]) == 0
-    assert writes(s3, "runs/released") == [("PUT", "best.pt"), ("PUT", "imported.json"), ("PUT", "config.yaml")]
+    assert s3.writes("runs/released") == [("PUT", "best.pt"), ("PUT", "imported.json"), ("PUT", "config.yaml")]
     work = tmp_path / ".howto-prep" / "work" / "s3" / s3.bucket / "runs" / "released"
-    released = objects(s3, "runs/released")
+    released = s3.objects("runs/released")
     assert all(released[name] == (work / name).read_bytes() for name in ("best.pt", "imported.json", "config.yaml"))
     assert json.loads(released["imported.json"])["source"] == s3.url("released/c.pth")
 
@@ -277,11 +262,11 @@ def test_import_eao_from_and_to_urls_makes_a_run_that_evaluate_reads_and_reports
     report = s3.url("reports/released.json")
     assert main(["evaluate", "--checkpoint", run, "--shards", str(sets["clips"]), "--json", report, *DEVICE]) == 0
     assert f"evaluate: wrote {report}" in capsys.readouterr().err
-    assert writes(s3, "reports") == [("PUT", "released.queries.jsonl"), ("PUT", "released.png"),
+    assert s3.writes("reports") == [("PUT", "released.queries.jsonl"), ("PUT", "released.png"),
                                      ("PUT", "released.json")]
     assert main(["evaluate", "--checkpoint", str(work), "--shards", str(sets["clips"]),
                  "--json", str(tmp_path / "local.json"), *DEVICE]) == 0  # the same run, read from the folder
-    stored = objects(s3, "reports")
+    stored = s3.objects("reports")
     local = json.loads((tmp_path / "local.json").read_text())
     assert json.loads(stored["released.json"])["results"] == local["results"]
     assert stored["released.queries.jsonl"] == (tmp_path / "local.queries.jsonl").read_bytes()

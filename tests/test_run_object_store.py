@@ -36,18 +36,8 @@ def work_folder(cwd: Path, s3: S3Server, prefix: str) -> Path:
     return cwd / ".howto-prep" / "work" / "s3" / s3.bucket / prefix
 
 
-def objects(s3: S3Server, prefix: str) -> dict[str, bytes]:
-    client = s3.client()
-    listing = client.list_objects_v2(Bucket=s3.bucket, Prefix=f"{prefix}/").get("Contents", [])
-    return {item["Key"][len(prefix) + 1:]: client.get_object(Bucket=s3.bucket, Key=item["Key"])["Body"].read()
-            for item in listing}
 
 
-def writes(s3: S3Server, prefix: str) -> list[tuple[str, str]]:
-    """(method, key) of every PUT and DELETE the store saw below `prefix`, in order."""
-    marker = f"/{s3.bucket}/{prefix}/"
-    return [(seen.method, seen.path.split(marker, 1)[1].split("?")[0]) for seen in s3.proxy.seen
-            if seen.method in ("PUT", "DELETE") and marker in seen.path and f"{marker}tensorboard/" not in seen.path]
 
 
 def test_pretraining_to_a_url_uploads_each_checkpoint_then_the_pointer_and_prunes_after_it(
@@ -59,7 +49,7 @@ def test_pretraining_to_a_url_uploads_each_checkpoint_then_the_pointer_and_prune
                                      "train.keep_checkpoints=2"], capsys)
     assert code == 0, err
     work = work_folder(tmp_path, s3, "runs/x")
-    stored = objects(s3, "runs/x")
+    stored = s3.objects("runs/x")
     assert sorted(k for k in stored if k.startswith("checkpoints/")) == [CKPT.format(2), CKPT.format(3)]
     assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["step-000000002.pt", "step-000000003.pt"]
     for key in (CKPT.format(2), CKPT.format(3), "config.yaml", "metrics.jsonl"):
@@ -70,7 +60,8 @@ def test_pretraining_to_a_url_uploads_each_checkpoint_then_the_pointer_and_prune
     per_save = lambda step: [("PUT", CKPT.format(step)), ("PUT", "config.yaml"), ("PUT", "metrics.jsonl"),  # noqa: E731
                              ("PUT", "latest.json")]
     # each checkpoint whole, then config and metrics, the pointer last; step 1 deleted only after it moved to 3
-    assert writes(s3, "runs/x") == per_save(1) + per_save(2) + per_save(3) + [("DELETE", CKPT.format(1))]
+    assert (s3.writes("runs/x", leave_out="tensorboard/")
+            == per_save(1) + per_save(2) + per_save(3) + [("DELETE", CKPT.format(1))])
     assert f"published to {url}/checkpoints/" in err
     events = sorted(path.relative_to(work).as_posix() for path in (work / "tensorboard").rglob("*") if path.is_file())
     assert events and all(stored[key] == (work / key).read_bytes() for key in events)  # as the run left them
@@ -111,7 +102,7 @@ def test_resume_on_a_fresh_work_folder_continues_from_the_stores_checkpoint(
     ours = torch.load(work / CKPT.format(6), map_location="cpu", weights_only=True)
     theirs = torch.load(tmp_path / "whole" / CKPT.format(6), map_location="cpu", weights_only=True)
     assert all(torch.equal(ours["model"][name], theirs["model"][name]) for name in theirs["model"])
-    assert json.loads(objects(s3, "runs/r")["latest.json"])["step"] == 6
+    assert json.loads(s3.objects("runs/r")["latest.json"])["step"] == 6
 
 
 def evaluate(checkpoint: str, shards: Path, report: Path) -> dict:
@@ -163,11 +154,11 @@ def test_a_store_that_refuses_the_checkpoint_upload_is_one_line_and_exit_5(
     assert ours == [f"mft-train: system fault: object store refused upload {url}/{CKPT.format(2)}: "
                     + ours[0].split(f"{CKPT.format(2)}: ", 1)[1]], err
     assert "Traceback" not in err and DUMMY_SECRET not in err
-    assert "latest.json" not in objects(s3, "runs/f")  # no pointer to a checkpoint the store lacks
+    assert "latest.json" not in s3.objects("runs/f")  # no pointer to a checkpoint the store lacks
     s3.proxy.clear()
     code, err = pretrain(sets, url, schedule, capsys, "--resume")
     assert code == 0 and "nothing to do" in err, err
-    stored = objects(s3, "runs/f")
+    stored = s3.objects("runs/f")
     assert json.loads(stored["latest.json"])["checkpoint"] == CKPT.format(2)
     assert stored[CKPT.format(2)] == (work_folder(tmp_path, s3, "runs/f") / CKPT.format(2)).read_bytes()
 
@@ -193,7 +184,7 @@ def test_finetuning_from_and_to_urls_publishes_best_pt_and_its_reports(
                          "data.audio_frames=1024"] for arg in ("--set", item)]
     assert main(argv) == 0, capsys.readouterr().err
     work = work_folder(tmp_path, s3, "runs/ft")
-    stored = objects(s3, "runs/ft")
+    stored = s3.objects("runs/ft")
     for key in ("best.pt", "results.json", "best-eval.json", "config.yaml", "metrics.jsonl"):
         assert stored[key] == (work / key).read_bytes(), key
     pointer = json.loads(stored["latest.json"])

@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -25,8 +24,7 @@ from howto_prep.cli import main as cli_main
 from howto_prep.extract.plan import plan_from_args
 from howto_prep.synthetic.corpus import PARAMETERS_FILE
 from howto_prep.synthetic.mirror_server import LoopbackMirror
-from s3_server import (DUMMY_SECRET, FaultProxy, S3Server, _clear_fsspec_instances,  # noqa: F401 (fixtures)
-                       isolate_aws_environment, moto_server, s3)
+from s3_server import DUMMY_SECRET, S3Server, moto_server, s3, serving_bucket  # noqa: F401 (fixtures)
 from test_download import make_video
 from test_extract_object_store import (FEATURES, SHARD_SIZE, assert_no_secret, explain, local_samples, run_cli,
                                        stored, stored_samples)
@@ -72,18 +70,10 @@ def upload(server: S3Server, key: str, path: Path) -> str:
 def shared_s3(moto_server: tuple[str, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """The `s3` fixture's bucket and environment for a whole module (its runs are shared by tests)."""
     base = tmp_path_factory.mktemp("shared-s3")
-    proxy = FaultProxy(moto_server).start()
     with pytest.MonkeyPatch.context() as patch:
-        isolate_aws_environment(patch, base, proxy.endpoint)
         patch.setenv("HOWTO_MFT_CACHE", str(base / "cache"))
-        server = S3Server(f"test-{uuid.uuid4().hex[:12]}", proxy, moto_server)
-        server.client().create_bucket(Bucket=server.bucket)
-        _clear_fsspec_instances()
-        try:
+        with serving_bucket(moto_server, patch, base) as server:
             yield server
-        finally:
-            _clear_fsspec_instances()
-            proxy.stop()
 
 
 @dataclass
