@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_chaos_run_equals_the_clean_run():
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_chaos.py"), "--videos", "10", "--kills", "1"],
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_chaos.py"), "--videos", "6", "--kills", "1"],
                             cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     verdicts = {" ".join(line.split()[:-1]): line.split()[-1] for line in result.stdout.splitlines() if line.strip()}

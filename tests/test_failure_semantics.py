@@ -325,7 +325,7 @@ def test_a_killed_model_actor_is_restarted_and_no_video_is_blamed(tmp_path: Path
 def test_a_hung_model_actor_is_killed_restarted_and_its_process_is_gone(tmp_path: Path, synth_corpus):
     marker = tmp_path / "hung-actor-pid"
     process, out, ids = actor_run(tmp_path, synth_corpus, {"HOWTO_PREP_FAULT_ACTOR_HANG": str(marker)},
-                                  "--actor-timeout", "30")
+                                  "--actor-timeout", "15")
     try:
         _, stderr = process.communicate(timeout=600)
     finally:
