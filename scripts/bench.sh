@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark prints a table with a baseline measured in the same run.
 # Not tests: numbers depend on the machine. Pass BENCH=name to run one (download, extract, extract_pipeline,
-# long_video, decode, decode_limit, train, mcn_kmeans, mcn_vs_eao, search, fused).
+# long_video, decode, decode_limit, train, mcn_kmeans, mcn_vs_eao, search, fused, chaos).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV=0
@@ -23,3 +23,4 @@ bench mcn_kmeans
 bench mcn_vs_eao --steps 60
 bench search
 bench fused
+bench chaos --videos 10 --kills 1
