@@ -22,6 +22,7 @@ from howto_prep.errors import UserError
 from howto_prep.object_store import Store
 
 CACHE_VARIABLE = "HOWTO_MFT_CACHE"
+WORK_ROOT = Path(".howto-prep") / "work"
 
 
 def cache_root() -> Path:
@@ -32,11 +33,22 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "howto-mft"
 
 
-def cache_path(url: str, root: Path | None = None) -> Path:
-    """The local path that mirrors `url` (`s3://b/x/y` -> ROOT/stores/s3/b/x/y): one place per URL."""
+def url_parts(url: str) -> Path:
+    """A URL as a relative path, one per URL (`s3://b/x/y` -> `s3/b/x/y`; `.` and `..` dropped)."""
     scheme, _, rest = url.partition("://")
     parts = [part for part in rest.split("/") if part not in ("", ".", "..")]
-    return (root or cache_root()) / "stores" / scheme.lower() / Path(*parts)
+    return Path(scheme.lower(), *parts)
+
+
+def cache_path(url: str, root: Path | None = None) -> Path:
+    """The local path that mirrors `url` (`s3://b/x/y` -> ROOT/stores/s3/b/x/y): one place per URL."""
+    return (root or cache_root()) / "stores" / url_parts(url)
+
+
+def default_work_folder(url: str) -> Path:
+    """Where a URL output's local state lives unless --work says (extract, download, synth, mft-train's
+    runs and indexes): one folder per URL under the current folder, `.howto-prep/work/s3/bucket/prefix`."""
+    return WORK_ROOT / url_parts(url)
 
 
 def split_url(url: str) -> tuple[str, str]:

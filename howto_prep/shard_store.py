@@ -36,17 +36,9 @@ from howto_prep.object_store import LOCK_NAME, Store
 
 logger = logging.getLogger(__name__)
 
-WORK_ROOT = Path(".howto-prep") / "work"
 VOCAB_PARTS = f"{schema.VOCAB_DIR}/{schema.VOCAB_PARTS_DIR}"
 # vocab/ as write_vocab writes it: w2v_ids.npy last (a reader that finds it finds the other two)
 VOCAB_FILES = (schema.VOCAB_VECTORS, schema.VOCAB_WORDS, schema.VOCAB_W2V_IDS)
-
-
-def default_work_folder(url: str) -> Path:
-    """Where a URL output's local state lives unless --work says: one folder per URL."""
-    scheme, _, rest = url.partition("://")
-    parts = [part for part in rest.split("/") if part not in ("", ".", "..")]
-    return WORK_ROOT / scheme.lower() / Path(*parts)
 
 
 def part_names(shard_stem: str) -> tuple[str, str]:

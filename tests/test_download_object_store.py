@@ -16,7 +16,7 @@ import pytest
 from howto_prep import schema
 from howto_prep.cli import main as cli_main
 from howto_prep.download.manifest import Manifest
-from howto_prep.download.plan import default_work_folder
+from howto_prep.local_copies import default_work_folder
 from howto_prep.object_store import LOCK_NAME, Store, StoreLock, lock_holder
 from howto_prep.synthetic.mirror_server import LoopbackMirror
 from s3_server import DUMMY_SECRET, S3Server, moto_server, s3  # noqa: F401  (fixtures)

@@ -16,9 +16,7 @@ from howto_prep.download.credentials import CredentialSource, Credentials, crede
 from howto_prep.cli_support import is_store_url
 from howto_prep.download.task import MIRROR, URL, YOUTUBE, FetchSettings
 from howto_prep.errors import UserError
-
-WORK_ROOT = Path(".howto-prep") / "work"  # the same convention as `extract --out URL` (shard_store.py)
-
+from howto_prep.local_copies import default_work_folder
 
 @dataclass(frozen=True)
 class DownloadPlan:
@@ -45,14 +43,6 @@ def check_mirror_url(url: str) -> str:
     if parts.username or parts.password:
         raise UserError("--mirror-url must not hold credentials; use --credentials FILE or HOWTO100M_USER/PASSWORD")
     return url.rstrip("/")
-
-
-def default_work_folder(url: str) -> Path:
-    """Where a URL output's local state lives unless --work says: one folder per URL, under the
-    current folder (`.howto-prep/work/s3/bucket/prefix`)."""
-    scheme, _, rest = url.partition("://")
-    parts = [part for part in rest.split("/") if part not in ("", ".", "..")]
-    return WORK_ROOT / scheme.lower() / Path(*parts)
 
 
 def output_folders(out: Path | str, work: Path | None) -> tuple[Path, str | None]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from howto_prep.cli_support import is_store_url
 from howto_prep import schema
 from howto_prep.errors import UserError
-from howto_prep.local_copies import local_file, local_input
+from howto_prep.local_copies import default_work_folder, local_file, local_input
 from howto_prep.extract.annotations import ClipList, ClipRecord, load_clips_csv, load_msrvtt, load_youcook2
 from howto_prep.extract.failure_storm import DEFAULT_THRESHOLD
 from howto_prep.extract.inputs import check_weights
@@ -131,8 +131,6 @@ def annotation_file(value: Path | str | None, option: str) -> Path | None:
 def output_folder(out: Path | str, work: Path | None) -> tuple[Path, str | None]:
     """(the folder the disk writer writes, the store URL it is published to or None)."""
     if is_store_url(out):
-        from howto_prep.shard_store import default_work_folder
-
         return Path(work) if work is not None else default_work_folder(str(out)), str(out)
     if work is not None:
         raise UserError("--work is for an --out URL (s3://, gs://): the local state of a set on object storage")

@@ -52,7 +52,7 @@ def synth_target(out: Path | str, work: Path | None) -> tuple[Path, Store | None
         if work is not None:
             raise UserError("--work is for an --out URL (s3://, gs://): the local folder the corpus is written in")
         return Path(out), None
-    from howto_prep.shard_store import default_work_folder
+    from howto_prep.local_copies import default_work_folder
     from howto_prep.synthetic.to_store import open_target
 
     store = open_target(str(out).rstrip("/"))

@@ -115,11 +115,6 @@ def shard_record(tar_url: str) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def cache_folder(url: str) -> Path:
-    """The local folder that mirrors (parts of) the set at `url`: one folder per URL ($HOWTO_MFT_CACHE)."""
-    return cache_path(url)
-
-
 def vocab_folder(url: str) -> Path:
     """A local folder whose vocab/ is the store's, file for file, each file's mtime its LastModified
     (so WordTable's "are the parts newer than the merged table" rule reads the store's clocks).
@@ -129,7 +124,7 @@ def vocab_folder(url: str) -> Path:
     store = open_store(url)
     prefix = schema.VOCAB_DIR
     wanted = store.list_info(prefix)
-    folder = cache_folder(url)
+    folder = cache_path(url)
     if not wanted:
         raise UserError(f"the shard set {url} has no vocabulary: {url}/{schema.VOCAB_DIR}/{schema.VOCAB_W2V_IDS} "
                         f"and {schema.VOCAB_VECTORS} (or {schema.VOCAB_DIR}/{schema.VOCAB_PARTS_DIR}/) are needed")

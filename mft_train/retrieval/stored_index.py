@@ -31,10 +31,9 @@ from pathlib import Path
 
 from howto_prep.cli_support import Location, is_store_url
 from howto_prep.errors import UserError
-from howto_prep.local_copies import (cache_path, copy_folder, fetch_file, files_under, nanoseconds, needs_upload,
-                                     open_folder_store, publish_folder)
+from howto_prep.local_copies import (cache_path, copy_folder, default_work_folder, fetch_file, files_under,
+                                     nanoseconds, needs_upload, open_folder_store, publish_folder)
 from howto_prep.object_store import Store
-from howto_prep.shard_store import default_work_folder
 from mft_train.retrieval import index_store, vectors
 
 Plan = list[tuple[str, int, str, Path]]  # (shard URL, samples, shard identity, local part file) per shard

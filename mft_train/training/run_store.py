@@ -30,10 +30,8 @@ from pathlib import Path
 from howto_prep.cli_support import Location, is_store_url
 from howto_prep.errors import UserError
 from howto_prep.files import atomic_write_bytes
-from howto_prep.local_copies import files_under, needs_upload
+from howto_prep.local_copies import cache_path, default_work_folder, files_under, needs_upload
 from howto_prep.object_store import Store
-from howto_prep.shard_store import default_work_folder
-from mft_train.data.store_set import cache_folder
 from mft_train.training import checkpoints
 from mft_train.training.run_folder import CONFIG_FILE, METRICS_FILE, TENSORBOARD_DIR, truncate_metrics
 
@@ -261,7 +259,7 @@ def fetch_checkpoint(url: str) -> Path:
 
 
 def _cached(store: Store, key: str, sha256: str | None) -> Path:
-    target = cache_folder(store.url) / key
+    target = cache_path(store.url) / key
     if target.is_file():
         stat = target.stat()
         if stat.st_size == store.size(key) and stat.st_mtime_ns == int(store.modified(key) * 1e9):
